@@ -1,0 +1,70 @@
+"""Cross-field rules, checked once before any tokenizer or weight is loaded."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ember.config.schema import EmberConfig
+from ember.errors import ConfigError
+
+
+def validate(cfg: EmberConfig) -> EmberConfig:
+    data, method, train = cfg.data, cfg.method, cfg.train
+    if cfg.stage != "pt" and not data.datasets:
+        raise ConfigError("data.datasets is empty: add at least one {path: FILE} entry")
+    if data.max_length < 8:
+        raise ConfigError(f"data.max_length={data.max_length} is too small (use at least 8)")
+    if not 0.0 <= data.eval_split < 1.0:
+        raise ConfigError(f"data.eval_split={data.eval_split} must be in [0, 1)")
+    for i, spec in enumerate(data.datasets):
+        if spec.samples is not None and spec.ratio is not None:
+            raise ConfigError(f"data.datasets[{i}] ({spec.path}): give either samples or ratio, not both")
+        if spec.ratio is not None and spec.ratio <= 0:
+            raise ConfigError(f"data.datasets[{i}] ({spec.path}): ratio must be > 0")
+        if cfg.stage == "sft" and spec.format == "text":
+            raise ConfigError(f"data.datasets[{i}] ({spec.path}): format 'text' is raw text; use stage: pt")
+    if data.num_proc < 1:
+        raise ConfigError("data.num_proc must be >= 1")
+
+    if method.type == "qlora":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(
+                "method.type=qlora needs bitsandbytes: pip install 'ember[qlora]' (or bitsandbytes), "
+                "or use method.type=lora"
+            )
+    if method.type in ("lora", "qlora"):
+        if method.rank < 1:
+            raise ConfigError(f"method.rank={method.rank} must be >= 1")
+        if not (method.targets == "all-linear" or isinstance(method.targets, list)):
+            raise ConfigError(f"method.targets must be 'all-linear' or a list of module names, got {method.targets!r}")
+    elif method.dora or method.rslora:
+        raise ConfigError(f"method.dora / method.rslora apply to LoRA, not method.type={method.type}")
+    if method.type == "freeze" and method.trainable_layers < 0:
+        raise ConfigError("method.trainable_layers must be >= 0")
+
+    if train.bf16 and train.fp16:
+        raise ConfigError("train.bf16 and train.fp16 are both true: choose one")
+    if train.gradient_accumulation_steps < 1 or train.per_device_train_batch_size < 1:
+        raise ConfigError("train.per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+    if train.eval_strategy != "no" and data.eval_split == 0 and not any(s.split == "eval" for s in data.datasets):
+        raise ConfigError(
+            f"train.eval_strategy={train.eval_strategy} but there is no validation data: "
+            "set data.eval_split (e.g. 0.05) or add a dataset with split: eval"
+        )
+    _check_hardware(cfg)
+    return cfg
+
+
+def _check_hardware(cfg: EmberConfig) -> None:
+    """Fail early on precision choices this machine cannot run."""
+    import torch
+
+    train = cfg.train
+    has_cuda = torch.cuda.is_available()
+    if train.fp16 and not has_cuda:
+        raise ConfigError("train.fp16=true needs a CUDA GPU; on CPU use train.bf16=true (or leave it unset: auto)")
+    if train.bf16:
+        from ember.models.precision import bf16_supported
+
+        if not bf16_supported():
+            raise ConfigError("train.bf16=true but this machine does not support bfloat16; leave it unset (auto)")

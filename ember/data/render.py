@@ -1,0 +1,240 @@
+"""The one renderer: a conversation → (input_ids, labels) for training, and → prompt ids for generation.
+
+Supervised spans are found by rendering prefixes of the conversation with the chat template: the text added
+between "everything before assistant turn k, plus the generation prompt" and "everything through turn k" is that
+turn's answer. A template whose earlier text changes when a turn is appended is not prefix-stable: we raise
+rather than mislabel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from ember.data.conversation import Conversation, Message
+from ember.data.tokenize import holds_added_token, tokenize_with_offsets
+from ember.errors import ConfigError, DataError
+
+IGNORE_INDEX = -100
+_SENTINEL = re.compile("\ue000(\\d+)\ue001")
+_END_OF_TURN_HINT = re.compile(r"end|eot|eos|</s>|<eoa>|<eom>", re.IGNORECASE)
+
+
+class TemplateError(ConfigError):
+    """The chat template cannot be used to build labels safely."""
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    source: str = ""
+    weights: Optional[list[float]] = None
+    turns_dropped: int = 0
+    truncated: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+class Renderer:
+    """Applies one chat template with one tokenizer. `template=None` uses the tokenizer's own chat template."""
+
+    def __init__(self, tokenizer, template=None):
+        self.tokenizer = tokenizer
+        if template is None:
+            source = tokenizer.chat_template
+            if not source:
+                raise ConfigError(
+                    "the tokenizer has no chat template of its own: set data.template to a shipped template "
+                    "(see `ember templates`) or a .jinja file"
+                )
+            if isinstance(source, dict):  # tokenizers with several named templates
+                source = source.get("default") or next(iter(source.values()))
+            self.name, self.source, stop = "auto", source, self._guess_stop_strings(source)
+        else:
+            self.name, self.source = template.name, template.source
+            stop = list(template.stop_strings(tokenizer))
+        self.stop_strings = [s for s in dict.fromkeys(stop) if s]
+        self.stop_token_ids = self._stop_ids(self.stop_strings)
+        self._tools_native = "tool_calls" in self.source
+        self._tool_role_native = "'tool'" in self.source or '"tool"' in self.source
+
+    # -- identity ---------------------------------------------------------------------------------------------
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records so chat/serve/eval render exactly like training."""
+        return {
+            "name": self.name,
+            "sha256": hashlib.sha256(self.source.encode("utf-8")).hexdigest(),
+            "stop_strings": self.stop_strings,
+            "stop_token_ids": self.stop_token_ids,
+        }
+
+    def _guess_stop_strings(self, source: str) -> list[str]:
+        stops = [self.tokenizer.eos_token] if self.tokenizer.eos_token else []
+        for token in self.tokenizer.get_added_vocab():
+            if token in source and _END_OF_TURN_HINT.search(token):
+                stops.append(token)
+        return stops
+
+    def _stop_ids(self, strings: Sequence[str]) -> list[int]:
+        vocab = self.tokenizer.get_vocab()
+        ids = [vocab[s] for s in strings if s in vocab]
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token in strings:
+            ids.append(self.tokenizer.eos_token_id)
+        return list(dict.fromkeys(ids))
+
+    # -- text -------------------------------------------------------------------------------------------------
+    def template_messages(self, messages: Sequence[Message]) -> list[dict[str, Any]]:
+        """Messages as the template sees them; tool calls/results become text when the template lacks them."""
+        out = []
+        for m in messages:
+            d = m.to_template()
+            if m.tool_calls and not self._tools_native:
+                calls = [c.get("function", c) for c in m.tool_calls]
+                text = "\n".join(json.dumps(c, ensure_ascii=False) for c in calls)
+                d = {"role": "assistant", "content": (m.content + "\n" if m.content else "") + text}
+            if m.role == "tool" and not self._tool_role_native:
+                d = {"role": "user", "content": m.content}
+            out.append(d)
+        return out
+
+    def render_text(self, messages: Sequence[Message], add_generation_prompt: bool = False, tools=None) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                self.template_messages(messages),
+                tools=tools,
+                chat_template=self.source,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except Exception as exc:  # jinja raise_exception(...) or a template bug: name the template
+            raise TemplateError(f"chat template '{self.name}' failed to render: {exc}") from None
+
+    # -- tokens -----------------------------------------------------------------------------------------------
+    def _content_spans(self, messages: Sequence[Message], text: str, add_generation_prompt: bool, tools) -> list[tuple[int, int]]:
+        """Character spans of each message's content inside `text`, found by rendering with sentinels."""
+        marked = [Message(m.role, f"\ue000{i}\ue001", tool_calls=m.tool_calls) for i, m in enumerate(messages)]
+        skeleton = self.render_text(marked, add_generation_prompt, tools)
+        for transform in (lambda s: s, str.strip):
+            pieces, spans, pos = [], [], 0
+            last = 0
+            for match in _SENTINEL.finditer(skeleton):
+                pieces.append(skeleton[last:match.start()])
+                pos += match.start() - last
+                content = transform(messages[int(match.group(1))].content)
+                spans.append((pos, pos + len(content)))
+                pieces.append(content)
+                pos += len(content)
+                last = match.end()
+            pieces.append(skeleton[last:])
+            if "".join(pieces) == text:
+                return spans
+        raise TemplateError(
+            f"chat template '{self.name}' transforms message content, so special-token text inside a message "
+            "cannot be kept as plain text; remove that text from the data or use another template"
+        )
+
+    def tokenize(self, messages: Sequence[Message], text: str, add_generation_prompt: bool = False, tools=None):
+        contents = [m.content for m in messages]
+        protected = []
+        if holds_added_token(self.tokenizer, contents):
+            protected = self._content_spans(messages, text, add_generation_prompt, tools)
+        return tokenize_with_offsets(self.tokenizer, text, protected)
+
+    def prompt_ids(self, messages: Sequence[Message | dict], tools=None) -> list[int]:
+        """Ids of the prompt for generating the next assistant turn — the same ids training saw before it."""
+        msgs = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in messages]
+        text = self.render_text(msgs, add_generation_prompt=True, tools=tools)
+        ids, _ = self.tokenize(msgs, text, add_generation_prompt=True, tools=tools)
+        return ids
+
+    def prompt_text(self, messages: Sequence[Message | dict], tools=None) -> str:
+        msgs = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in messages]
+        return self.render_text(msgs, add_generation_prompt=True, tools=tools)
+
+    # -- labels -----------------------------------------------------------------------------------------------
+    def assistant_spans(self, conv: Conversation, text: str) -> list[tuple[int, int, int]]:
+        """(message index, start, end) character spans of each assistant turn in the full rendering `text`."""
+        msgs, spans = conv.messages, []
+        for i, m in enumerate(msgs):
+            if m.role != "assistant":
+                continue
+            before = self.render_text(msgs[:i], add_generation_prompt=True, tools=conv.tools)
+            through = text if i == len(msgs) - 1 else self.render_text(msgs[: i + 1], tools=conv.tools)
+            if not (text.startswith(through) and through.startswith(before)):
+                raise TemplateError(
+                    f"chat template '{self.name}' is not prefix-stable (rendering turn {i + 1} changes earlier text, "
+                    f"{conv.source}); labels would be wrong. Use a shipped template (data.template) instead"
+                )
+            spans.append((i, len(before), len(through)))
+        return spans
+
+    def encode(self, conv: Conversation, mask: str = "all_assistant") -> Encoded:
+        return self.encode_batch([conv], mask)[0]
+
+    def encode_batch(self, convs: Sequence[Conversation], mask: str = "all_assistant") -> list[Encoded]:
+        """Encode many conversations; texts without special-token content are tokenised in one fast batch call."""
+        texts = [self.render_text(c.messages, tools=c.tools) for c in convs]
+        plain = [i for i, c in enumerate(convs) if not holds_added_token(self.tokenizer, [m.content for m in c.messages])]
+        tokens: dict[int, tuple[list[int], list[tuple[int, int]]]] = {}
+        if plain:
+            batch = self.tokenizer([texts[i] for i in plain], add_special_tokens=False, return_offsets_mapping=True)
+            for j, i in enumerate(plain):
+                tokens[i] = (list(batch["input_ids"][j]), [tuple(o) for o in batch["offset_mapping"][j]])
+        out = []
+        for i, conv in enumerate(convs):
+            ids, offsets = tokens[i] if i in tokens else self.tokenize(conv.messages, texts[i], tools=conv.tools)
+            out.append(self._label(conv, texts[i], ids, offsets, mask))
+        return out
+
+    def _label(self, conv: Conversation, text: str, ids: list[int], offsets, mask: str) -> Encoded:
+        enc = Encoded(ids, [IGNORE_INDEX] * len(ids), conv.source)
+        if mask == "all":
+            enc.labels = list(ids)
+            return enc
+        spans = self.assistant_spans(conv, text)
+        last = spans[-1][0] if spans else -1
+        weights = [0.0] * len(ids)
+        for index, start, end in spans:
+            msg = conv.messages[index]
+            trained = msg.train if msg.train is not None else (mask == "all_assistant" or index == last)
+            if not trained or msg.weight == 0:
+                continue
+            tokens = [t for t, (s, _) in enumerate(offsets) if start <= s < end]
+            if any(s < start < e for s, e in offsets):
+                enc.warnings.append(f"{conv.source}: a token spans the role header and the answer of turn {index}")
+            stops = [t for t in tokens if ids[t] in self.stop_token_ids]
+            if stops:
+                tokens = [t for t in tokens if t <= stops[-1]]
+            else:
+                enc.warnings.append(f"{conv.source}: assistant turn {index} has no end-of-turn token to train")
+            for t in tokens:
+                enc.labels[t] = ids[t]
+                weights[t] = msg.weight
+        if any(w not in (0.0, 1.0) for w in weights):
+            enc.weights = weights
+        return enc
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """A digest of everything in the tokenizer that changes ids: vocab, added/special tokens, chat template."""
+    h = hashlib.sha256()
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode("utf-8"))
+    h.update(json.dumps(sorted(tokenizer.get_added_vocab().items()), ensure_ascii=False).encode("utf-8"))
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode("utf-8"))
+    h.update(str(tokenizer.chat_template).encode("utf-8"))
+    h.update(type(tokenizer).__name__.encode("utf-8"))
+    return h.hexdigest()
+
+
+def require_trainable(enc: Encoded) -> Encoded:
+    if enc.trained_tokens == 0:
+        raise DataError(enc.source, None, "nothing to train: no assistant tokens are trained in this sample")
+    return enc

