@@ -1,0 +1,58 @@
+"""Batch encoded samples: right-pad ids with the pad token, labels with IGNORE_INDEX, weights with 0."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ember.data.render import IGNORE_INDEX, Encoded
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """The processed samples as a torch dataset (rows are dicts the collator understands)."""
+
+    def __init__(self, samples: list[Encoded]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.samples[i]
+        row: dict[str, Any] = {"input_ids": s.input_ids, "labels": s.labels}
+        if s.weights is not None:
+            row["loss_weights"] = s.weights
+        return row
+
+    def lengths(self) -> list[int]:
+        return [len(s.input_ids) for s in self.samples]
+
+
+@dataclass
+class PadCollator:
+    pad_token_id: int
+    pad_to_multiple_of: int = 1
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(r["input_ids"]) for r in rows)
+        m = self.pad_to_multiple_of
+        width = ((longest + m - 1) // m) * m
+        batch = {
+            "input_ids": torch.full((len(rows), width), self.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
+            "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long),
+        }
+        weighted = any("loss_weights" in r for r in rows)
+        if weighted:
+            batch["loss_weights"] = torch.zeros((len(rows), width), dtype=torch.float32)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
+            batch["attention_mask"][i, :n] = 1
+            batch["labels"][i, :n] = torch.tensor(r["labels"])
+            if weighted:
+                w = r.get("loss_weights") or [1.0] * n
+                batch["loss_weights"][i, :n] = torch.tensor(w)
+        return batch

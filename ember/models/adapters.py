@@ -1,0 +1,122 @@
+"""Apply the tuning method to a loaded model: LoRA / QLoRA (peft), full, or freeze (last N layers / named modules)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import torch
+
+from ember.config.schema import MethodConfig
+from ember.errors import ConfigError
+from ember.models.registry import Family
+
+log = logging.getLogger(__name__)
+EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out", "output", "tok_embeddings")
+
+
+def quantization_config(method: MethodConfig, compute_dtype: torch.dtype):
+    if method.type != "qlora":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if method.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=method.quant_type,
+        bnb_4bit_use_double_quant=method.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def lora_targets(method: MethodConfig, family: Optional[Family]) -> Any:
+    if method.targets != "all-linear":
+        return list(method.targets)
+    return "all-linear"
+
+
+def apply_method(model, method: MethodConfig, family: Optional[Family], gradient_checkpointing: bool = False):
+    """Return the model to train, with exactly the intended parameters requiring grad."""
+    if method.type == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if method.type == "freeze":
+        return _freeze(model, method)
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if method.type == "qlora":
+        from ember.models.compat import keep_4bit_trainable_on_cpu
+
+        keep_4bit_trainable_on_cpu(model)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    config = LoraConfig(
+        r=method.rank,
+        lora_alpha=method.alpha,
+        lora_dropout=method.dropout,
+        target_modules=lora_targets(method, family),
+        modules_to_save=list(method.modules_to_save) or None,
+        use_rslora=method.rslora,
+        use_dora=method.dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError(f"LoRA could not be applied ({exc}); check method.targets / method.modules_to_save") from None
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The longest ModuleList of the model: its stack of decoder blocks, whatever the family calls it."""
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ConfigError("method.type=freeze: could not find the model's decoder layers")
+    return max(lists, key=lambda item: len(item[1]))[1]
+
+
+def _freeze(model, method: MethodConfig):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if method.trainable_modules:
+        hits = 0
+        for name, p in model.named_parameters():
+            if any(key in name for key in method.trainable_modules):
+                p.requires_grad_(True)
+                hits += 1
+        if hits == 0:
+            raise ConfigError(f"method.trainable_modules={method.trainable_modules} matched no parameter")
+    else:
+        layers = decoder_layers(model)
+        n = min(method.trainable_layers, len(layers))
+        for layer in list(layers)[len(layers) - n:]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+    return model
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def describe_parameters(model) -> str:
+    trainable, total = parameter_counts(model)
+    return f"trainable params: {_human(trainable)} ({trainable:,}) || all params: {_human(total)} ({total:,}) || trainable: {100 * trainable / total:.2f}%"
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def embedding_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for name, p in model.named_parameters() if p.requires_grad and any(k in name for k in EMBEDDING_NAMES)]

@@ -1,0 +1,156 @@
+"""`ember train`: config → data → model + method → Trainer → a servable output directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ember.config import dump_yaml, validate
+from ember.config.schema import EmberConfig
+from ember.errors import ConfigError
+from ember.training.artifacts import DATA_REPORT, write_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    trainable_params: int
+    total_params: int
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(message: str) -> None:
+    if is_main_process():
+        print(message, flush=True)
+
+
+def resolve_resume(cfg: EmberConfig) -> Optional[str]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = cfg.train.resume_from_checkpoint
+    out = Path(cfg.output.dir)
+    if value == "auto":
+        return get_last_checkpoint(str(out)) if out.is_dir() else None
+    if value:
+        if not Path(value).is_dir():
+            raise ConfigError(f"train.resume_from_checkpoint: {value} is not a checkpoint directory")
+        return value
+    if out.is_dir() and any(out.glob("checkpoint-*")) and not cfg.output.overwrite:
+        raise ConfigError(
+            f"{out} already holds checkpoints: continue with train.resume_from_checkpoint=auto, "
+            "or start over with output.overwrite=true (or another output.dir)"
+        )
+    return None
+
+
+def train(cfg: EmberConfig) -> TrainResult:
+    import torch
+    from transformers import set_seed
+
+    from ember.data.build import prepare_data
+    from ember.data.collate import EncodedDataset, PadCollator
+    from ember.models.adapters import apply_method, describe_parameters, parameter_counts, quantization_config
+    from ember.models.loading import detect_family, load_model
+    from ember.models.precision import resolve_dtype
+    from ember.training.arguments import training_arguments
+    from ember.training.callbacks import LossPlotCallback, MetadataCallback
+    from ember.training.stages import STAGES
+    from ember.training.trainer import EmberTrainer
+
+    validate(cfg)
+    resume = resolve_resume(cfg)
+    args = training_arguments(cfg)  # fails on bad train: values before any weight is loaded
+    out = Path(cfg.output.dir)
+    config_yaml = dump_yaml(cfg)
+    say("resolved config:\n" + config_yaml)
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ember_run.yaml").write_text(config_yaml, encoding="utf-8")
+    set_seed(cfg.train.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    prepared = prepare_data(cfg)
+    report = prepared.data.report
+    say(f"data: {report.train_samples} train / {report.eval_samples} eval samples, {report.trained_tokens} trained "
+        f"tokens{' (from cache)' if prepared.from_cache else ''}")
+    if is_main_process():
+        (out / DATA_REPORT).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    for warning in report.warnings[:10]:
+        say(f"data warning: {warning}")
+    tokenizer = prepared.tokenizer
+
+    compute = resolve_dtype(cfg.method.compute_dtype if cfg.method.type == "qlora" else "auto")
+    model = load_model(cfg.model, quantization_config=quantization_config(cfg.method, compute), vocab_size=len(tokenizer))
+    _fit_embeddings(model, tokenizer, cfg)
+    family = detect_family(getattr(model.config, "model_type", ""), cfg.model.family)
+    model.config.use_cache = False  # training never needs the KV cache (and packed batches must not build one)
+    model = apply_method(model, cfg.method, family, cfg.train.gradient_checkpointing)
+    trainable, total = parameter_counts(model)
+    say(describe_parameters(model))
+
+    stage = STAGES[cfg.stage]
+    metadata = {"config_yaml": config_yaml, "template": prepared.renderer.identity if prepared.renderer else None}
+    trainer = EmberTrainer(
+        model=model,
+        args=args,
+        train_dataset=EncodedDataset(prepared.data.train),
+        eval_dataset=EncodedDataset(prepared.data.eval) if prepared.data.eval else None,
+        data_collator=PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1),
+        processing_class=tokenizer,
+        callbacks=[LossPlotCallback(), MetadataCallback(metadata)],
+        optimizers=(_optimizer(model, args, cfg), None),
+        loss_fn=stage.loss,
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out))
+    trainer.save_state()
+    metrics = dict(result.metrics)
+    if prepared.data.eval:
+        metrics.update(trainer.evaluate())
+    if trainer.is_world_process_zero():
+        write_metadata(out, tokenizer=tokenizer, **metadata)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    say(f"saved to {out}  (train loss {metrics.get('train_loss', float('nan')):.4f})")
+    return TrainResult(out, metrics, trainable, total)
+
+
+def _fit_embeddings(model, tokenizer, cfg: EmberConfig) -> None:
+    """Grow the embeddings when the tokenizer has more tokens (template tokens, an extended vocabulary)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= rows:
+        return
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    if cfg.method.type in ("lora", "qlora") and not cfg.method.modules_to_save:
+        # New rows must learn: train embeddings and head beside the adapter, as vocabulary extension does.
+        cfg.method.modules_to_save = ["embed_tokens", "lm_head"]
+        say(f"tokenizer has {len(tokenizer)} tokens > {rows} embedding rows: resized, and training embed_tokens/lm_head")
+
+
+def _optimizer(model, args, cfg: EmberConfig):
+    """None (the Trainer builds `train.optim`) unless embeddings get their own learning rate."""
+    lr = cfg.method.embedding_learning_rate
+    if lr is None:
+        return None
+    from transformers import Trainer
+
+    from ember.models.adapters import embedding_parameters
+
+    embeddings = embedding_parameters(model)
+    if not embeddings:
+        raise ConfigError("method.embedding_learning_rate is set but no embedding / lm_head parameter is trainable")
+    ids = {id(p) for p in embeddings}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    kwargs.pop("lr", None)
+    groups = [{"params": rest, "lr": args.learning_rate}, {"params": embeddings, "lr": lr}]
+    return cls(groups, lr=args.learning_rate, **kwargs)
