@@ -1,0 +1,76 @@
+"""Load a model for generation exactly as it was trained: weights (+ adapter), tokenizer, template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ember.config.loader import from_dict
+from ember.config.schema import ModelConfig
+from ember.data.render import Renderer
+from ember.errors import ConfigError
+from ember.training.artifacts import RUN_CONFIG, read_template_info
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    renderer: Renderer
+    name: str
+
+
+def _run_model_config(directory: Path) -> Optional[ModelConfig]:
+    """The `model:` section a run was trained with (to rebuild its base under an adapter)."""
+    import yaml
+
+    path = directory / RUN_CONFIG
+    if not path.is_file():
+        return None
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return from_dict(ModelConfig, raw.get("model", {}), where=str(path))
+
+
+def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "auto") -> LoadedModel:
+    """`model`: an Ember output dir (adapter or full weights), a HF dir, a .gguf file or a registry name."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ember.models.loading import load_model, load_tokenizer
+
+    path = Path(model)
+    adapter_dir = Path(adapter) if adapter else (path if (path / "adapter_config.json").is_file() else None)
+    if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter {adapter_dir}: no adapter_config.json there")
+
+    if adapter_dir is not None and adapter_dir == path:
+        base_cfg = _run_model_config(path)
+        if base_cfg is None:
+            import json
+
+            base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+            base_cfg = ModelConfig(name_or_path=base)
+    else:
+        base_cfg = ModelConfig(name_or_path=model)
+    base_cfg.dtype = dtype if dtype != "auto" else ("auto" if torch.cuda.is_available() else "float32")
+
+    token_dir = adapter_dir if adapter_dir is not None else (path if (path / "tokenizer_config.json").is_file() else None)
+    tokenizer = AutoTokenizer.from_pretrained(token_dir) if token_dir else load_tokenizer(base_cfg)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    net = load_model(base_cfg, vocab_size=len(tokenizer))
+    if net.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        net.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, str(adapter_dir))
+    net.eval()
+    info = read_template_info(token_dir) if token_dir else None
+    renderer = Renderer(tokenizer)
+    if info and info.get("stop_strings"):
+        renderer.stop_strings = list(info["stop_strings"])
+        renderer.stop_token_ids = list(info.get("stop_token_ids") or renderer.stop_token_ids)
+    name = path.name if path.exists() else model
+    return LoadedModel(net, tokenizer, renderer, name)
