@@ -17,6 +17,7 @@ setup: $(BIN)/ember
 
 quickstart: setup
 	$(BIN)/ember train examples/quickstart.yaml
+	$(BIN)/ember chat --model runs/quickstart --prompt "你是谁？" --max-new-tokens 64
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --durations=15
