@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class EmberError(Exception):
     """A problem with the user's input or setup; the message says what and how to fix it."""
@@ -24,4 +26,4 @@ class DataError(EmberError):
     @property
     def reason(self) -> str:
         """A short, groupable reason for skip reports (the problem without record specifics)."""
-        return self.problem.split(":")[0]
+        return re.split(r"[:;]", self.problem, maxsplit=1)[0].strip()

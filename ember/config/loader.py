@@ -88,6 +88,11 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} does not fit {tp}")
     if origin is Literal:
+        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
+            # YAML 1.1 reads an unquoted `no` / `off` (`yes` / `on`) as a boolean: `save_strategy: no` means "no".
+            spelled = [a for a in args if a in (("yes", "on", "true") if value else ("no", "off", "false"))]
+            if len(spelled) == 1:
+                return spelled[0]
         if value in args:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)

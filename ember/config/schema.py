@@ -47,6 +47,7 @@ class DataConfig:
     cache_dir: Optional[str] = None  # default: $EMBER_CACHE or ~/.cache/ember
     seed: int = 42
     shuffle: bool = True
+    packing: bool = False  # padding-free batches (samples concatenated, attention kept per sample)
 
 
 @dataclass
@@ -74,10 +75,10 @@ class MethodConfig:
     modules_to_save: list[str] = field(default_factory=list)  # e.g. [embed_tokens, lm_head]
     rslora: bool = False
     dora: bool = False
-    # QLoRA
-    bits: Literal[4, 8] = 4
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    # QLoRA. Unset (None) = 4 / nf4 / true; they quantize the base model, so setting them with another type fails.
+    bits: Optional[Literal[4, 8]] = None
+    quant_type: Optional[Literal["nf4", "fp4"]] = None
+    double_quant: Optional[bool] = None
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # freeze
     trainable_layers: int = 2  # train the last N decoder layers

@@ -32,6 +32,18 @@ def validate(cfg: EmberConfig) -> EmberConfig:
                 "method.type=qlora needs bitsandbytes: pip install 'ember[qlora]' (or bitsandbytes), "
                 "or use method.type=lora"
             )
+    else:
+        quantized = {k: getattr(method, k) for k in ("bits", "quant_type", "double_quant")
+                     if getattr(method, k) is not None}
+        if method.compute_dtype != "auto":
+            quantized["compute_dtype"] = method.compute_dtype
+        if quantized:
+            given = ", ".join(f"method.{k}={v}" for k, v in quantized.items())
+            raise ConfigError(
+                f"{given} quantizes the base model, which only method.type=qlora does (LoRA on a frozen 4/8-bit "
+                f"model; a quantized model cannot be tuned with method.type={method.type}): set method.type=qlora "
+                "or remove them"
+            )
     if method.type in ("lora", "qlora"):
         if method.rank < 1:
             raise ConfigError(f"method.rank={method.rank} must be >= 1")
@@ -51,8 +63,25 @@ def validate(cfg: EmberConfig) -> EmberConfig:
             f"train.eval_strategy={train.eval_strategy} but there is no validation data: "
             "set data.eval_split (e.g. 0.05) or add a dataset with split: eval"
         )
+    if train.deepspeed:
+        _check_deepspeed(train.deepspeed)
     _check_hardware(cfg)
     return cfg
+
+
+def _check_deepspeed(path: str) -> None:
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"train.deepspeed: {path} is not a file: give a DeepSpeed JSON (examples/deepspeed/)")
+    try:
+        json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"train.deepspeed: {path} is not valid JSON: {exc}") from None
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"train.deepspeed={path} needs DeepSpeed: pip install deepspeed (or remove train.deepspeed)")
 
 
 def _check_hardware(cfg: EmberConfig) -> None:

@@ -56,3 +56,33 @@ class PadCollator:
                 w = r.get("loss_weights") or [1.0] * n
                 batch["loss_weights"][i, :n] = torch.tensor(w)
         return batch
+
+
+@dataclass
+class PackedCollator:
+    """Padding-free batches: the rows are concatenated into one sequence whose `position_ids` restart at 0 for
+    each sample. transformers detects the restarts and keeps samples from attending to each other, provided no
+    attention mask is passed and no KV cache is built (training sets `use_cache=False`; see shared notes, Q5)."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        weights: list[float] = []
+        weighted = any("loss_weights" in r for r in rows)
+        for r in rows:
+            n = len(r["input_ids"])
+            ids += r["input_ids"]
+            # The first token of each sample is never a target of the previous one.
+            labels += [IGNORE_INDEX] + list(r["labels"][1:])
+            positions += list(range(n))
+            if weighted:
+                weights += r.get("loss_weights") or [1.0] * n
+        batch = {
+            "input_ids": torch.tensor([ids]),
+            "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions]),
+        }
+        if weighted:
+            batch["loss_weights"] = torch.tensor([weights])
+        return batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import codecs
 import csv
 import io
 import json
@@ -40,7 +41,7 @@ def iter_records(path: str, hub_split: str = "train", subset: str | None = None)
     if suffix == ".jsonl":
         yield from _iter_jsonl(p, data)
     elif suffix == ".json":
-        stripped = data.lstrip()
+        stripped = data.removeprefix(codecs.BOM_UTF8).lstrip()  # editors on Windows save a BOM before the '['
         if stripped.startswith(b"["):
             yield from _iter_json_array(p, data)
         else:  # many ".json" files are really JSON Lines (BELLE, PromptCBLUE)
@@ -120,8 +121,12 @@ def _iter_json_array(p: Path, data: bytes) -> Iterator[RecordItem]:
 def _iter_csv(p: Path, data: bytes) -> Iterator[RecordItem]:
     text = _decode(p, data)
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None:  # an empty file (reading the header also makes line_num count from row 1)
+        return
+    start = reader.line_num + 1  # a row is named by the line it starts on (quoted newlines make it span several)
     for row in reader:
-        source = f"{p}:{reader.line_num}"
+        source = f"{p}:{start}"
+        start = reader.line_num + 1
         if None in row:
             yield source, DataError(source, None, f"more cells than the {len(reader.fieldnames or [])} header columns")
             continue

@@ -58,7 +58,7 @@ def read_dataset(spec: DatasetSpec, data: DataConfig, stage: str, report: DataRe
         except DataError as err:
             if data.on_error == "strict":
                 raise
-            report.skip(err.source, err.problem)
+            report.skip(err.source, err.problem, err.reason)
     return out
 
 
@@ -129,7 +129,7 @@ def process(data: DataConfig, stage: str, tokenizer, renderer: Optional[Renderer
         if data.num_proc > 1 and len(records.train) > 256:
             from ember.data.parallel import encode_parallel
 
-            train = encode_parallel(records.train, renderer, data, report)
+            train = encode_parallel(records.train, renderer, data, report, progress)
         else:
             train = encode_conversations(records.train, renderer, data, report, progress)
         held = encode_conversations(records.eval, renderer, data, report, progress=False)

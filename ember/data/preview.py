@@ -40,15 +40,16 @@ def print_preview(result: ProcessedData, tokenizer, n: int = 3, stream: IO[str] 
     stream = stream or sys.stdout
     color = stream.isatty() if color is None else color
     console = Console(file=stream, force_terminal=color, no_color=not color, width=120, highlight=False)
+    # soft_wrap: never insert line breaks into sample text or into file:line messages (the output may be piped)
     for enc in result.train[:n]:
         console.rule(f"{enc.source}  ({len(enc.input_ids)} tokens, {enc.trained_tokens} trained)")
         if color:
             text = Text()
             for trained, ids in spans(enc):
                 text.append(tokenizer.decode(ids), style="bold green" if trained else "dim")
-            console.print(text)
+            console.print(text, soft_wrap=True)
         else:
-            console.print(plain_text(enc, tokenizer), markup=False)
+            console.print(plain_text(enc, tokenizer), markup=False, soft_wrap=True)
     if not color:
         console.print(f"(trained spans are marked {PLAIN_OPEN} … {PLAIN_CLOSE})")
     table = Table(title="data summary", show_header=False)
@@ -56,9 +57,9 @@ def print_preview(result: ProcessedData, tokenizer, n: int = 3, stream: IO[str] 
         table.add_row(key, value)
     console.print(table)
     for record in result.report.skipped_records[:50]:
-        console.print(f"skipped {record['source']}: {record['reason']}", markup=False)
+        console.print(f"skipped {record['source']}: {record['reason']}", markup=False, soft_wrap=True)
     for warning in result.report.warnings[:50]:
-        console.print(f"warning: {warning}", markup=False, style="yellow")
+        console.print(f"warning: {warning}", markup=False, style="yellow", soft_wrap=True)
     if len(result.report.warnings) > 50:
         console.print(f"… {len(result.report.warnings) - 50} more warnings", markup=False)
 

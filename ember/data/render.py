@@ -8,6 +8,7 @@ rather than mislabel.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -196,24 +197,31 @@ class Renderer:
 
     def _label(self, conv: Conversation, text: str, ids: list[int], offsets, mask: str) -> Encoded:
         enc = Encoded(ids, [IGNORE_INDEX] * len(ids), conv.source)
+        weights = [0.0] * len(ids)
         if mask == "all":
-            enc.labels = list(ids)
-            return enc
+            enc.labels, weights = list(ids), [1.0] * len(ids)
+            if all(m.train is not False and m.weight == 1 for m in conv.messages if m.role == "assistant"):
+                return enc  # nothing to carve out: skip rendering prefixes
         spans = self.assistant_spans(conv, text)
         last = spans[-1][0] if spans else -1
-        weights = [0.0] * len(ids)
+        # Tokens cover the text in order, so starts (and ends) never decrease: find each span by bisection
+        # rather than scanning every token per turn (quadratic on long conversations, and truncation re-encodes).
+        starts = [s for s, _ in offsets]
         for index, start, end in spans:
             msg = conv.messages[index]
-            trained = msg.train if msg.train is not None else (mask == "all_assistant" or index == last)
-            if not trained or msg.weight == 0:
-                continue
-            tokens = [t for t, (s, _) in enumerate(offsets) if start <= s < end]
-            if any(s < start < e for s, e in offsets):
-                enc.warnings.append(f"{conv.source}: a token spans the role header and the answer of turn {index}")
+            trained = msg.train if msg.train is not None else (mask != "last_assistant" or index == last)
+            first = bisect.bisect_left(starts, start)
+            tokens = list(range(first, bisect.bisect_left(starts, end)))
             stops = [t for t in tokens if ids[t] in self.stop_token_ids]
             if stops:
                 tokens = [t for t in tokens if t <= stops[-1]]
-            else:
+            if not trained or msg.weight == 0:
+                for t in tokens:  # only mode `all` has labels here: `train: false` means never trained
+                    enc.labels[t], weights[t] = IGNORE_INDEX, 0.0
+                continue
+            if first > 0 and offsets[first - 1][1] > start:
+                enc.warnings.append(f"{conv.source}: a token spans the role header and the answer of turn {index}")
+            if not stops:
                 enc.warnings.append(f"{conv.source}: assistant turn {index} has no end-of-turn token to train")
             for t in tokens:
                 enc.labels[t] = ids[t]

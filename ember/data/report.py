@@ -26,8 +26,10 @@ class DataReport:
     length_percentiles: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def skip(self, source: str, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+    def skip(self, source: str, reason: str, group: str | None = None) -> None:
+        """Record one skipped record; the summary counts skips by `group` (default: the full reason)."""
+        key = group or reason
+        self.skipped[key] = self.skipped.get(key, 0) + 1
         self.skipped_records.append({"source": source, "reason": reason})
 
     @property

@@ -1,0 +1,184 @@
+"""The config loader: YAML + dotted overrides → typed dataclasses; unknown keys and bad values fail with a hint."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ember.config import DatasetSpec, EmberConfig, dump_yaml, from_dict, load_config, validate
+from ember.errors import ConfigError
+
+BASE = {
+    "stage": "sft",
+    "model": {"name_or_path": "smollm2-135m-instruct"},
+    "data": {"datasets": [{"path": "data/demo.jsonl", "format": "auto"}], "eval_split": 0.05, "max_length": 1024},
+    "method": {"type": "lora"},
+    "train": {"learning_rate": 2.0e-4},
+    "output": {"dir": "runs/demo"},
+}
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    def write(raw=None):
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(BASE if raw is None else raw), encoding="utf-8")
+        return path
+
+    return write
+
+
+def test_yaml_loads_into_typed_sections(config_path):
+    cfg = load_config(config_path())
+    assert isinstance(cfg, EmberConfig)
+    assert cfg.data.datasets == [DatasetSpec(path="data/demo.jsonl")]
+    assert (cfg.data.eval_split, cfg.data.max_length, cfg.data.mask, cfg.data.truncation) == (0.05, 1024, "all_assistant", "turns")
+    assert cfg.train.learning_rate == 2.0e-4 and cfg.method.type == "lora" and cfg.output.dir == "runs/demo"
+
+
+def test_defaults_without_a_file():
+    cfg = load_config(None, ["data.datasets=[{path: a.jsonl}]"])
+    assert cfg.stage == "sft" and cfg.model.name_or_path == "smollm2-135m-instruct"
+    assert cfg.data.datasets[0].path == "a.jsonl" and cfg.data.on_error == "strict"
+
+
+@pytest.mark.parametrize(
+    ("override", "get", "value"),
+    [
+        ("train.learning_rate=1e-4", lambda c: c.train.learning_rate, 1e-4),  # YAML reads "1e-4" as a string
+        ("train.learning_rate=3", lambda c: c.train.learning_rate, 3.0),
+        ("data.max_length=512", lambda c: c.data.max_length, 512),
+        ("data.max_length=512.0", lambda c: c.data.max_length, 512),
+        ("data.cache=false", lambda c: c.data.cache, False),
+        ("train.bf16=null", lambda c: c.train.bf16, None),
+        ("train.bf16=true", lambda c: c.train.bf16, True),
+        ("data.system=You are terse.", lambda c: c.data.system, "You are terse."),
+        ("data.system=", lambda c: c.data.system, ""),
+        ("output.dir=123", lambda c: c.output.dir, "123"),
+        ("method.targets=[q_proj, v_proj]", lambda c: c.method.targets, ["q_proj", "v_proj"]),
+        ("method.bits=8", lambda c: c.method.bits, 8),
+        ("train.extra={adam_beta2: 0.95}", lambda c: c.train.extra, {"adam_beta2": 0.95}),
+        ("data.template=chatml", lambda c: c.data.template, "chatml"),
+    ],
+)
+def test_overrides_parse_types(config_path, override, get, value):
+    cfg = load_config(config_path(), [override])
+    assert get(cfg) == value and type(get(cfg)) is type(value)
+
+
+def test_override_creates_a_section_and_keeps_the_rest(config_path):
+    datasets = "data.datasets=[{path: x.csv, format: columns, columns: {prompt: q, response: a}, samples: 10}]"
+    cfg = load_config(config_path(), [datasets, "data.eval_split=0"])
+    assert cfg.data.datasets == [DatasetSpec(path="x.csv", format="columns", columns={"prompt": "q", "response": "a"}, samples=10)]
+    assert cfg.data.eval_split == 0.0 and cfg.data.max_length == 1024  # untouched keys stay
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.max_lenght=512", "run.yaml.data: unknown key 'max_lenght'; did you mean 'max_length'?"),
+        ("trian.learning_rate=1e-4", "run.yaml: unknown key 'trian'; did you mean 'train'?"),
+        ("train.learnin_rate=1e-4", "run.yaml.train: unknown key 'learnin_rate'; did you mean 'learning_rate'?"),
+        ("data.datasets=[{path: a.jsonl, fromat: alpaca}]", "run.yaml.data.datasets[0]: unknown key 'fromat'; did you mean 'format'?"),
+        ("model.zzz=1", "run.yaml.model: unknown key 'zzz'; valid keys: name_or_path, tokenizer, revision, "),
+    ],
+)
+def test_unknown_keys_suggest_the_closest_name(config_path, override, message):
+    path = config_path()
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert str(info.value).startswith(f"{path.parent}/{message}")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.mask=last_asistant",
+         "data.mask: 'last_asistant' is not one of all_assistant, last_assistant, all (did you mean 'last_assistant'?)"),
+        ("data.truncation=middle", "data.truncation: 'middle' is not one of turns, left, right, drop"),
+        ("stage=dpo", "stage: 'dpo' is not one of pt, sft"),
+        ("data.datasets=[{path: a.jsonl, format: sharegtp}]",
+         "data.datasets[0].format: 'sharegtp' is not one of auto, alpaca, sharegpt, openai, firefly, moss, columns, text "
+         "(did you mean 'sharegpt'?)"),
+        ("data.datasets=[{path: a.jsonl, split: test}]", "data.datasets[0].split: 'test' is not one of train, eval"),
+        ("method.bits=3", "method.bits: '3' is not one of 4, 8"),
+        ("data.max_length=abc", "data.max_length: expected an integer, got 'abc'"),
+        ("data.max_length=1.5", "data.max_length: expected an integer, got 1.5"),
+        ("data.cache=maybe", "data.cache: expected true or false, got 'maybe'"),
+        ("train.learning_rate=fast", "train.learning_rate: expected a number, got 'fast'"),
+        ("data.datasets=[{path: a.jsonl, samples: 2.5}]", "data.datasets[0].samples: expected an integer, got 2.5"),
+        ("data.datasets={path: a.jsonl}", "data.datasets: expected a list, got {'path': 'a.jsonl'}"),
+        ("data.datasets=[a.jsonl]", "data.datasets[0]: expected a mapping for DatasetSpec, got str: 'a.jsonl'"),
+        ("data.datasets=[{format: alpaca}]", "data.datasets[0]: DatasetSpec.__init__() missing 1 required positional argument: 'path'"),
+        ("train.bf16=1", "train.bf16: expected true or false, got 1"),
+    ],
+)
+def test_bad_values_are_named(config_path, override, message):
+    path = config_path()
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert str(info.value) == f"{path}.{message}"
+
+
+def test_nested_dataset_entries_are_typed(config_path):
+    raw = dict(BASE, data={"datasets": [
+        {"path": "a.jsonl", "samples": 100},
+        {"path": "b.parquet", "format": "sharegpt", "ratio": 0.5},
+        {"path": "dev.json", "split": "eval", "system": "Be brief."},
+    ]})
+    cfg = load_config(config_path(raw))
+    a, b, dev = cfg.data.datasets
+    assert all(isinstance(d, DatasetSpec) for d in (a, b, dev))
+    assert (a.samples, a.ratio, a.format, a.split) == (100, None, "auto", "train")
+    assert (b.format, b.ratio) == ("sharegpt", 0.5)
+    assert (dev.split, dev.system) == ("eval", "Be brief.")
+
+
+def test_override_needs_an_equals_sign(config_path):
+    with pytest.raises(ConfigError, match=r"^override 'data.max_length' must look like section.key=value"):
+        load_config(config_path(), ["data.max_length"])
+
+
+def test_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config file not found: .*missing.yaml$"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a\n- b\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.yaml: the top level must be a mapping of sections"):
+        load_config(bad)
+
+
+def test_yaml_round_trip(config_path, tmp_path):
+    cfg = load_config(config_path(), ["data.mask=last_assistant", "train.learning_rate=1e-5"])
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_yaml(cfg), encoding="utf-8")
+    assert load_config(again) == cfg
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"datasets": []}, "data.datasets is empty: add at least one {path: FILE} entry"),
+        ({"datasets": [{"path": "a", "samples": 5, "ratio": 0.5}]}, "data.datasets[0] (a): give either samples or ratio, not both"),
+        ({"datasets": [{"path": "a", "ratio": 0}]}, "data.datasets[0] (a): ratio must be > 0"),
+        ({"datasets": [{"path": "a", "format": "text"}]}, "data.datasets[0] (a): format 'text' is raw text; use stage: pt"),
+        ({"datasets": [{"path": "a"}], "eval_split": 1.0}, "data.eval_split=1.0 must be in [0, 1)"),
+        ({"datasets": [{"path": "a"}], "max_length": 4}, "data.max_length=4 is too small (use at least 8)"),
+        ({"datasets": [{"path": "a"}], "num_proc": 0}, "data.num_proc must be >= 1"),
+    ],
+)
+def test_cross_field_rules(data, message):
+    with pytest.raises(ConfigError) as info:
+        validate(from_dict(EmberConfig, {"data": data}, "cfg"))
+    assert str(info.value) == message
+
+
+def test_eval_strategy_needs_validation_data():
+    raw = {"data": {"datasets": [{"path": "a"}]}, "train": {"eval_strategy": "steps"}}
+    with pytest.raises(ConfigError, match=r"^train.eval_strategy=steps but there is no validation data"):
+        validate(from_dict(EmberConfig, raw, "cfg"))
+    raw["data"]["datasets"].append({"path": "dev", "split": "eval"})
+    validate(from_dict(EmberConfig, raw, "cfg"))

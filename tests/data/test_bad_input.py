@@ -1,0 +1,198 @@
+"""Malformed input: strict stops at the first bad record naming file:line and field; skip keeps the good ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ember.errors import DataError
+
+
+def _chat(user: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+
+GOOD = [_chat("one", "1"), _chat("two", "2"), _chat("three", "3")]
+
+
+def _lines(*records) -> bytes:
+    """JSON lines; a bytes item is written verbatim (a broken line)."""
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records)
+
+
+def _error(prepare, cfg) -> str:
+    with pytest.raises(DataError) as info:
+        prepare(cfg)
+    return str(info.value)
+
+
+def _kept_sources(prepared) -> list[str]:
+    return [s.source for s in prepared.data.train]
+
+
+def test_non_utf8_bytes(write, make_config, prepare):
+    path = write("latin1.jsonl", _lines(GOOD[0], '{"messages": [{"role": "user", "content": "caf\xe9"}]}'.encode("latin-1"),
+                                        GOOD[2]))
+    assert _error(prepare, make_config([{"path": str(path)}])) == (
+        f"{path}:2: not valid UTF-8 (byte 0xe9 at column 47): re-save the file as UTF-8"
+    )
+    report = prepare(make_config([{"path": str(path)}], on_error="skip")).data.report
+    assert report.skipped_records == [
+        {"source": f"{path}:2", "reason": "not valid UTF-8 (byte 0xe9 at column 47): re-save the file as UTF-8"}
+    ]
+
+
+def test_non_utf8_json_array_and_csv_stop_whatever_on_error(write, make_config, prepare):
+    array = write("bad.json", b'[\n{"instruction": "a", "output": "b"},\n{"instruction": "\xff", "output": "c"}\n]')
+    csv_file = write("bad.csv", b"input,target\nok,fine\n\xfe,x\n")
+    for path, where in ((array, "3: not valid UTF-8 (byte 0xff at column 18)"),
+                        (csv_file, "3: not valid UTF-8 (byte 0xfe at column 1)")):
+        for on_error in ("strict", "skip"):
+            assert _error(prepare, make_config([{"path": str(path)}], on_error=on_error)).startswith(f"{path}:{where}")
+
+
+def test_truncated_json_array(write, make_config, prepare):
+    text = json.dumps(GOOD, indent=1)
+    # cut inside the last record: nothing after it can be read, so even on_error=skip stops
+    path = write("cut.json", text[:-40])
+    assert _error(prepare, make_config([{"path": str(path)}], on_error="skip")) == (
+        f"{path}:33: invalid JSON: Unterminated string starting at (column 13)"
+    )
+    # cut just before the closing bracket: every record parses, the array never ends
+    path = write("open.json", text[:-1])
+    assert _error(prepare, make_config([{"path": str(path)}])) == (
+        f"{path}:38: invalid JSON: the file ends before the closing ']' (truncated?)"
+    )
+
+
+def test_truncated_jsonl(write, make_config, prepare):
+    path = write("cut.jsonl", _lines(GOOD[0], GOOD[1]) + json.dumps(GOOD[2]).encode()[:25])
+    assert _error(prepare, make_config([{"path": str(path)}])) == (
+        f"{path}:3: invalid JSON: Unterminated string starting at (column 24)"
+    )
+    prepared = prepare(make_config([{"path": str(path)}], on_error="skip"))
+    assert _kept_sources(prepared) == [f"{path}:1", f"{path}:2"]
+    assert prepared.data.report.skipped_records == [
+        {"source": f"{path}:3", "reason": "invalid JSON: Unterminated string starting at (column 24)"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("messages", "field", "problem"),
+    [
+        ([("user", "a"), ("user", "b"), ("assistant", "c")], "messages[1].role", "two user messages in a row"),
+        ([("assistant", "a"), ("user", "b")], "messages[0].role", "the conversation starts with an assistant message"),
+        ([("user", "a"), ("assistant", "b"), ("assistant", "c")], "messages[2].role", "two assistant messages in a row"),
+        ([("user", "a"), ("system", "s"), ("assistant", "c")], "messages[1].role", "a system message may only come first"),
+        ([("user", "a"), ("tool", "t"), ("assistant", "c")], "messages[1].role", "a tool result must follow an assistant"),
+    ],
+)
+def test_wrong_role_order(write, make_config, prepare, messages, field, problem):
+    record = {"messages": [{"role": r, "content": c} for r, c in messages]}
+    path = write("order.jsonl", [GOOD[0], record])
+    assert _error(prepare, make_config([{"path": str(path)}])).startswith(
+        f"{path}:2: field '{field}': wrong role order: {problem}"
+    )
+
+
+def test_sharegpt_starting_with_gpt(write, make_config, prepare):
+    path = write("s.jsonl", [{"conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "yo"}]}])
+    assert _error(prepare, make_config([{"path": str(path)}])).startswith(
+        f"{path}:1: field 'messages[0].role': wrong role order: the conversation starts with an assistant message"
+    )
+
+
+def test_empty_assistant_text(write, make_config, prepare):
+    path = write("empty.jsonl", [GOOD[0], _chat("q", "   ")])
+    assert _error(prepare, make_config([{"path": str(path)}])) == (
+        f"{path}:2: field 'messages[1].content': empty assistant text"
+    )
+
+
+@pytest.mark.parametrize(("typo", "suggestion"), [("contnet", "content"), ("wieght", "weight"), ("rol", "role")])
+def test_unknown_message_field_suggests_the_closest_name(write, make_config, prepare, typo, suggestion):
+    message = {"role": "user", "content": "hi", typo: 1}
+    path = write("typo.jsonl", [{"messages": [message, {"role": "assistant", "content": "yo"}]}])
+    assert _error(prepare, make_config([{"path": str(path)}])) == (
+        f"{path}:1: field 'messages[0].{typo}': unknown field; did you mean '{suggestion}'?"
+    )
+
+
+def test_missing_field_hints_at_a_misspelling(write, make_config, prepare):
+    path = write("a.jsonl", [{"instruction": "q", "input": "", "outptu": "a"}])
+    assert _error(prepare, make_config([{"path": str(path)}])) == (
+        f"{path}:1: cannot detect the format from fields ['input', 'instruction', 'outptu']: expected messages (openai), "
+        "conversations (sharegpt), conversation (firefly), instruction+output (alpaca), input+target / query+response "
+        "(columns) or text; set format: in the dataset entry"
+    )
+    assert _error(prepare, make_config([{"path": str(path), "format": "alpaca"}])) == (
+        f"{path}:1: field 'output': missing required field (found 'outptu': misspelt?)"
+    )
+
+
+def test_missing_mapped_columns(write, make_config, prepare):
+    path = write("c.csv", [{"question": "q1", "reply": "a1"}])
+    columns = {"prompt": "question", "response": "answer"}
+    assert _error(prepare, make_config([{"path": str(path), "format": "columns", "columns": columns}])) == (
+        f"{path}:2: field 'answer': missing required field; the record has ['question', 'reply']"
+    )
+    assert _error(prepare, make_config([{"path": str(path), "format": "columns"}])) == (
+        f"{path}:2: no prompt/response columns found in ['question', 'reply']; "
+        "set columns: {prompt: NAME, response: NAME} in the dataset entry"
+    )
+
+
+def test_csv_row_with_extra_cells(write, make_config, prepare):
+    path = write("extra.csv", "input,target\nq,a\nq,a,surplus\n")
+    assert _error(prepare, make_config([{"path": str(path)}])) == f"{path}:3: more cells than the 2 header columns"
+
+
+@pytest.mark.parametrize("mask", ["all_assistant", "last_assistant"])
+def test_zero_trainable_tokens(write, make_config, prepare, mask):
+    record = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "train": False}]}
+    path = write("nothing.jsonl", [record, record])
+    assert _error(prepare, make_config([{"path": str(path)}], mask=mask)) == (
+        f"{path}: the dataset has zero trainable tokens after processing (check mask, max_length and the skip report)"
+    )
+
+
+def test_zero_trainable_tokens_after_skipping_everything(write, make_config, prepare):
+    path = write("all_bad.jsonl", _lines(b"{", b"[1, 2]"))
+    assert _error(prepare, make_config([{"path": str(path)}], on_error="skip")) == (
+        f"{path}: the dataset has zero trainable tokens after processing (check mask, max_length and the skip report)"
+    )
+
+
+def test_strict_stops_at_the_first_bad_record(write, make_config, prepare):
+    path = write("two_bad.jsonl", _lines(GOOD[0], b'{"messages": 3}', GOOD[1], b"not json"))
+    assert _error(prepare, make_config([{"path": str(path)}])) == (
+        f"{path}:2: field 'messages': expected list, got int"
+    )
+
+
+def test_skip_keeps_good_records_and_reports_each_skipped_one(write, make_config, prepare):
+    path = write("mixed.jsonl", _lines(
+        GOOD[0],
+        b'{"messages": 3}',
+        GOOD[1],
+        b"not json",
+        _chat("q", ""),
+        b"[1]",
+        {"messages": [{"role": "user", "content": "q", "contnet": "x"}]},
+        GOOD[2],
+    ))
+    prepared = prepare(make_config([{"path": str(path)}], on_error="skip"))
+    report = prepared.data.report
+    assert _kept_sources(prepared) == [f"{path}:1", f"{path}:3", f"{path}:8"]
+    assert (report.read, report.kept) == (8, 3)
+    assert report.skipped_records == [
+        {"source": f"{path}:2", "reason": "expected list, got int"},
+        {"source": f"{path}:4", "reason": "invalid JSON: Expecting value (column 1)"},
+        {"source": f"{path}:5", "reason": "empty assistant text"},
+        {"source": f"{path}:6", "reason": "expected a JSON object per line, got list"},
+        {"source": f"{path}:7", "reason": "unknown field; did you mean 'content'?"},
+    ]
+    # the summary groups skips by reason
+    assert report.skipped == {"expected list, got int": 1, "invalid JSON": 1, "empty assistant text": 1,
+                              "expected a JSON object per line, got list": 1, "unknown field": 1}

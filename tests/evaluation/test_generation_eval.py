@@ -1,0 +1,79 @@
+"""`ember eval gen`: dataset field detection, choice accuracy, scoring a predictions file, generating with a stub."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ember.evaluation.cli import main
+from ember.evaluation.generation_eval import (generate_predictions, load_gen_dataset, named_choices,
+                                              score_predictions)
+from ember.evaluation.text_metrics import text_scores
+
+
+def test_named_choices_longest_first():
+    choices = ["相关", "不相关"]
+    assert named_choices("这两句话不相关", choices) == {"不相关"}
+    assert named_choices("相关。", choices) == {"相关"}
+    assert named_choices("非上述类型", choices) == set()
+    assert named_choices("管状腺瘤，十二指肠交界性肿瘤", ["十二指肠球炎", "管状腺瘤", "十二指肠交界性肿瘤"]) == {"管状腺瘤", "十二指肠交界性肿瘤"}
+
+
+def test_score_predictions_exact():
+    rows = [
+        {"id": "1", "prediction": "the cat sat on the mat", "reference": "the cat is on the mat", "group": "en"},
+        {"id": "2", "prediction": "不相关", "reference": "不相关", "answer_choices": ["相关", "不相关"], "group": "cls"},
+        {"id": "3", "prediction": "这两句相关", "reference": "不相关", "answer_choices": ["相关", "不相关"], "group": "cls"},
+    ]
+    scores, items = score_predictions(rows)
+    first = text_scores(rows[0]["prediction"], rows[0]["reference"])
+    assert items[0]["bleu-4"] == pytest.approx(first["bleu-4"], abs=1e-4)
+    assert items[1]["bleu-4"] == pytest.approx(100.0)
+    assert scores["bleu-4"] == pytest.approx(sum(i["bleu-4"] for i in items) / 3, abs=1e-4)
+    assert scores["exact_match"] == pytest.approx(100 / 3, abs=1e-3)
+    assert scores["choice_accuracy"] == 50.0 and scores["n_choice"] == 2 and scores["n"] == 3
+    assert [i.get("choice_correct") for i in items] == [None, True, False]
+    assert scores["categories"]["cls"]["n"] == 2 and scores["categories"]["en"]["rouge-2"] == pytest.approx(60.0)
+
+
+def test_promptcblue_fields(shared_data):
+    rows = load_gen_dataset(str(shared_data / "sft" / "promptcblue" / "dev.json"), limit=80)
+    assert len(rows) == 80
+    assert rows[0]["prompt"].startswith("自动生成问诊对话中的医生下一句回复") and rows[0]["group"] == "response_generation"
+    assert sum(r["answer_choices"] is not None for r in rows) == 65  # 15 of 80 records have no choices
+
+
+def test_alpaca_fields_and_missing_reference(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([{"instruction": "翻译", "input": "hello", "output": "你好"}]), encoding="utf-8")
+    (row,) = load_gen_dataset(str(path))
+    assert row["prompt"] == "翻译\nhello" and row["reference"] == "你好"
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(json.dumps({"text": "x"}) + "\n", encoding="utf-8")
+    with pytest.raises(Exception, match="--prompt-field"):
+        load_gen_dataset(str(bad))
+
+
+def test_generate_with_stub():
+    rows = [{"id": "1", "prompt": "p1", "reference": "r"}, {"id": "2", "prompt": "p2", "reference": "r"}]
+    out = generate_predictions(rows, lambda batch: [c[0]["content"].upper() for c in batch], batch_size=1, progress=False)
+    assert [r["prediction"] for r in out] == ["P1", "P2"]
+
+
+def test_cli_scores_a_predictions_file(tmp_path, capsys):
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"prediction": "我爱北京", "reference": "我爱北京天安门"},
+        {"prediction": "the cat sat on the mat", "reference": "the cat is on the mat"},
+    ]) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["eval", "gen", "--predictions", str(preds), "--out", str(out)]) == 0
+    scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
+    assert scores["bleu-4"] == pytest.approx((71.6531 + 48.5492) / 2, abs=1e-3)
+    assert scores["rouge-1"] == pytest.approx((100 * 6 / 7 + 100 * 5 / 6) / 2, abs=1e-3)
+    assert scores["meta"]["kind"] == "gen" and scores["n"] == 2
+    items = [json.loads(x) for x in (out / "items.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [i["rouge-2"] for i in items] == [80.0, 60.0]
+    assert main(["eval", "gen", "--out", str(out)]) == 2  # neither --data nor --predictions: a readable error
+    assert "either --data" in capsys.readouterr().err
