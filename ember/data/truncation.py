@@ -57,13 +57,30 @@ def _fit_turns(renderer: Renderer, conv: Conversation, max_length: int, mask: st
     def build(msgs: list[Message]) -> Encoded:
         return renderer.encode(Conversation(msgs, conv.source, conv.tools, conv.meta), mask)
 
-    while len(rounds) > 1:
-        dropped += sum(1 for m in rounds[0] if m.role == "assistant")
-        rounds = rounds[1:]
-        enc = build(system + [m for r in rounds for m in r])
+    def keep_from(k: int) -> Encoded:
+        return build(system + [m for r in rounds[k:] for m in r])
+
+    # Binary search for the fewest oldest rounds to drop (dropping more never makes the rendering longer), so a
+    # long conversation costs O(log rounds) re-encodes instead of one per dropped round.
+    fitted: dict[int, Encoded] = {}
+    lo, hi = 0, len(rounds) - 1  # dropping lo rounds does not fit (the full sample didn't); hi is the last resort
+    if hi > 0:
+        enc = keep_from(hi)
         if len(enc.input_ids) <= max_length:
-            enc.turns_dropped, enc.truncated = dropped, True
+            fitted[hi] = enc
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                enc = keep_from(mid)
+                if len(enc.input_ids) <= max_length:
+                    hi, fitted[mid] = mid, enc
+                else:
+                    lo = mid
+            enc = fitted[hi]
+            enc.turns_dropped = sum(1 for r in rounds[:hi] for m in r if m.role == "assistant")
+            enc.truncated = True
             return enc
+    dropped = sum(1 for r in rounds[:-1] for m in r if m.role == "assistant")
+    rounds = rounds[-1:]
 
     last = rounds[0]
     user, rest = last[0], last[1:]
