@@ -66,3 +66,108 @@ def tiny_model_config():
     from ember.config.schema import ModelConfig
 
     return ModelConfig(name_or_path="llama", random_init=True, config_overrides=dict(TINY_LLAMA), dtype="float32")
+
+
+def tiny_dialogues(n: int = 8) -> list[dict]:
+    """`n` short OpenAI-style conversations of different lengths (some multi-turn), in English and Chinese."""
+    words = "red green blue amber violet silver olive coral".split()
+    out = []
+    for i in range(n):
+        answer = " ".join(words[: 1 + i % len(words)])
+        messages = [{"role": "user", "content": f"List {1 + i % 8} colours."}, {"role": "assistant", "content": answer}]
+        if i % 3 == 2:
+            messages += [{"role": "user", "content": "再说一遍。"}, {"role": "assistant", "content": f"好的：{answer}"}]
+        out.append({"messages": messages})
+    return out
+
+
+@pytest.fixture
+def tiny_run_config(tmp_path, tiny_model_config):
+    """tiny_run_config("train.max_steps=4", ...) -> a validated `EmberConfig` for a seconds-long run.
+
+    The tiny random Llama, 8 short dialogues written to tmp_path, fp32 (exact on every CPU), LoRA, constant lr,
+    no checkpoints, no reporting, output in tmp_path/run. Dotted overrides change any of it.
+    """
+    import dataclasses
+    import json
+
+    from ember.config import apply_override, from_dict, validate
+    from ember.config.schema import EmberConfig
+
+    data = tmp_path / "dialogues.jsonl"
+    if not data.exists():
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tiny_dialogues()), encoding="utf-8")
+
+    def build(*overrides: str):
+        raw = {
+            "stage": "sft",
+            "model": dataclasses.asdict(tiny_model_config),
+            "data": {"datasets": [{"path": str(data)}], "max_length": 64, "cache": False, "shuffle": False},
+            "method": {"type": "lora", "rank": 4, "alpha": 8, "dropout": 0.0},
+            "train": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
+                      "lr_scheduler_type": "constant", "logging_steps": 1, "bf16": False, "save_strategy": "no",
+                      "report_to": "none", "seed": 0},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+        for item in overrides:
+            apply_override(raw, item)
+        return validate(from_dict(EmberConfig, raw, "test"))
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory, smollm2_dir) -> str:
+    """A saved 2-layer random Llama with SmolLM2's tokenizer and chat template (loads in well under a second).
+
+    The weights are drawn with std 0.5 rather than 0.02 so that greedy answers differ from prompt to prompt
+    instead of repeating one token: serving tests can then tell whose answer a client got.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=2048, initializer_range=0.5,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, **TINY_LLAMA)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_llm")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def smollm2_adapter_run(tmp_path_factory, smollm2_dir) -> str:
+    """`ember train` output of a 2-step LoRA run on the real SmolLM2 (adapter + tokenizer + template), ~20 s."""
+    from ember.config import load_config
+    from ember.training.run import train
+
+    out = tmp_path_factory.mktemp("smollm2_lora")
+    cfg = out / "run.yaml"
+    cfg.write_text(
+        "stage: sft\n"
+        "model: {name_or_path: smollm2-135m-instruct}\n"
+        f"data: {{datasets: [{{path: {ROOT / 'examples/data/quickstart.jsonl'}}}], max_length: 128, cache: false}}\n"
+        "method: {type: lora, rank: 4}\n"
+        "train: {max_steps: 2, per_device_train_batch_size: 2, logging_steps: 1, report_to: none, save_strategy: 'no'}\n"
+        f"output: {{dir: {out / 'run'}}}\n",
+        encoding="utf-8",
+    )
+    return str(train(load_config(str(cfg))).output_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_llm_dir):
+    """One Engine over `tiny_llm_dir`, shared by inference and serving tests."""
+    from ember.inference.engine import Engine
+
+    return Engine.load(tiny_llm_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2_adapter_run):
+    """An Engine over the tuned SmolLM2 run (base + LoRA adapter), shared by the tests that need one."""
+    from ember.inference.engine import Engine
+
+    return Engine.load(smollm2_adapter_run)

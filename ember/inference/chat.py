@@ -45,9 +45,10 @@ class ChatSession:
         self.history = []
 
 
-def run_chat(session: ChatSession, lines: Iterator[str], out: IO[str] = sys.stdout, interactive: bool = True,
+def run_chat(session: ChatSession, lines: Iterator[str], out: Optional[IO[str]] = None, interactive: bool = True,
              show_prompt: bool = False) -> None:
     """Read user lines (a terminal or piped stdin); `/clear`, `/system TEXT`, `/exit` are commands."""
+    out = out or sys.stdout  # looked up per call: a default bound at import would bypass redirected stdout
     if interactive:
         print("Ember chat — /clear resets history, /system TEXT sets the system prompt, /exit quits.", file=out)
     for raw in lines:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -110,46 +111,41 @@ class Engine:
 
     def stream(self, messages: Sequence[Message | dict], options: Optional[GenerationOptions] = None,
                cancel: Optional[threading.Event] = None) -> Iterator[str]:
-        """Yield text pieces as they are generated; setting `cancel` stops generation at the next token."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        """Yield text pieces as they are generated; setting `cancel` stops generation at the next token.
+
+        The pieces join to exactly `generate(...).text`: both go through `rows.generate_rows`, which holds back
+        text that may still turn into a stop string.
+        """
+        from ember.inference.rows import Row, generate_rows
 
         options = options or GenerationOptions()
-        prompt = self.prompt_ids(messages)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        cancel = cancel or threading.Event()
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return cancel.is_set()
-
-        kwargs = self._generate_kwargs(options)
-        kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]))
-        ids = torch.tensor([prompt], device=self.device)
+        if options.num_beams != 1:  # beam search cannot stream: its best row is only known at the end
+            yield self.generate(messages, options).text
+            return
+        pieces: queue.Queue = queue.Queue()
+        row = Row(self.prompt_ids(messages), options.max_new_tokens, list(options.stop), on_text=pieces.put,
+                  cancel=cancel or threading.Event())
+        finished = object()
+        failure: list[BaseException] = []
 
         def run():
-            with self.lock, torch.inference_mode():
-                if options.seed is not None:
-                    torch.manual_seed(options.seed)
-                self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+            try:
+                generate_rows(self, [row], options)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failure.append(exc)
+            finally:
+                pieces.put(finished)
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        emitted = ""
         try:
-            for piece in streamer:
-                candidate = emitted + piece
-                hit = next((s for s in options.stop if s in candidate), None)
-                if hit is not None:
-                    rest = candidate[: candidate.index(hit)][len(emitted):]
-                    if rest:
-                        yield rest
-                    cancel.set()
-                    break
-                emitted = candidate
+            while (piece := pieces.get()) is not finished:
                 yield piece
         finally:
-            cancel.set()
+            row.cancel.set()
             worker.join()
+        if failure:
+            raise failure[0]
 
 
 def _strip_after_stop(ids: list[int], stops: set[int], pad: int) -> list[int]:

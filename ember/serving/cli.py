@@ -1,0 +1,90 @@
+"""`ember serve` (OpenAI-compatible API), `ember webui` (chat page) and `ember export` (merged HF / GGUF)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ember.inference.cli import add_generation_options, options_from_args
+
+
+def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--model", required=required, default=None if required else "smollm2-135m-instruct",
+                   help="output dir of `ember train`, HF dir, .gguf or name")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter dir to put on --model")
+
+
+def _load(args):
+    from ember.inference.engine import Engine
+
+    engine = Engine.load(args.model, args.adapter)
+    return engine, options_from_args(args, getattr(engine.model, "generation_config", None))
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from ember.serving.api import create_app
+
+    engine, defaults = _load(args)
+    name = args.model_name or engine.loaded.name
+    app = create_app(engine, name, api_key=args.api_key, defaults=defaults, max_batch=args.max_batch,
+                     batch_window_s=args.batch_window_ms / 1000)
+    auth = "API key required" if args.api_key else "no API key"
+    print(f"serving '{name}' at http://{args.host}:{args.port}/v1  ({auth}; Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def cmd_webui(args) -> int:
+    from ember.serving.webui import build_ui
+
+    engine, defaults = _load(args)
+    ui = build_ui(engine, defaults, system=args.system, history_max_tokens=args.history_max_tokens)
+    print(f"web chat at http://{args.host}:{args.port}/  (Ctrl-C stops)", flush=True)
+    ui.queue().launch(server_name=args.host, server_port=args.port, share=False, show_error=True)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ember.models.export import export
+
+    target = export(args.model, args.to, adapter=args.adapter, fmt=args.format, gguf_type=args.gguf_type,
+                    dtype=args.dtype)
+    print(f"wrote {target}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API (chat/completions, completions, models)")
+    _add_model(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("EMBER_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $EMBER_API_KEY; unset = open)")
+    p.add_argument("--model-name", default=None,
+                   help="the name clients pass as `model` (default: the --model dir name)")
+    p.add_argument("--max-batch", type=int, default=8, help="most sequences generated together in one batch")
+    p.add_argument("--batch-window-ms", type=float, default=10.0,
+                   help="how long the first waiting request waits for others to batch with")
+    add_generation_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("webui", help="a web chat page (Gradio) over the model")
+    _add_model(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--system", default=None, help="initial system prompt")
+    p.add_argument("--history-max-tokens", type=int, default=2048, help="prompt budget; oldest turns are dropped first")
+    add_generation_options(p)
+    p.set_defaults(func=cmd_webui)
+
+    p = sub.add_parser("export", help="merge a LoRA adapter into its base; save a HF directory or a GGUF file")
+    _add_model(p, required=True)
+    p.add_argument("--to", required=True, help="output directory (hf), or .gguf file / directory (gguf)")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf")
+    p.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
+                   help="tensor type of 2-D weights in the GGUF (norms stay f32)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="weight dtype of the merged HF directory")
+    p.set_defaults(func=cmd_export)
