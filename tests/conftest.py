@@ -171,3 +171,17 @@ def smollm2_engine(smollm2_adapter_run):
     from ember.inference.engine import Engine
 
     return Engine.load(smollm2_adapter_run)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Path of Debian's Chromium for Playwright; skip without it, unless CI (EMBER_REQUIRE_BROWSER=1) demands it."""
+    import shutil
+
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(path):
+        message = "Chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("EMBER_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + " but EMBER_REQUIRE_BROWSER=1")
+        pytest.skip(message)
+    return path

@@ -93,14 +93,11 @@ def server(tmp_path):
     thread.join(timeout=10)
 
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.mark.browser
-def test_annotate_page_in_headless_chromium(server, tmp_path):
+def test_annotate_page_in_headless_chromium(server, tmp_path, chromium):
     pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
     url, session = server
@@ -112,7 +109,7 @@ def test_annotate_page_in_headless_chromium(server, tmp_path):
         page.wait_for_function(f"() => document.getElementById('progress').textContent === {json.dumps(text)}")
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=args)
         page = browser.new_page(viewport={"width": 1100, "height": 750})
         page.goto(url)
         progress_is(page, "0 / 4 done")

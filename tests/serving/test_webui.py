@@ -12,7 +12,6 @@ import pytest
 from ember.data.conversation import Message
 from ember.inference.engine import GenerationOptions
 
-CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
         "--no-first-run", "--disable-component-update", "--disable-sync"]
 QUESTION = "Tell me a story"  # the tiny model's greedy answer to it is plain words (checked below)
@@ -30,9 +29,7 @@ def squash(text: str) -> str:
 
 
 @pytest.mark.browser
-def test_webui_streams_an_answer_in_headless_chromium(tiny_engine, tmp_path):
-    if not shutil.which(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+def test_webui_streams_an_answer_in_headless_chromium(tiny_engine, tmp_path, chromium):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from playwright.sync_api import sync_playwright
 
@@ -46,7 +43,7 @@ def test_webui_streams_an_answer_in_headless_chromium(tiny_engine, tmp_path):
     ui.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
             # Keep every text the conversation shows, to see the answer grow piece by piece.
