@@ -136,7 +136,9 @@ def process(data: DataConfig, stage: str, tokenizer, renderer: Optional[Renderer
     report.kept = len(train) + len(held)
     report.train_samples, report.eval_samples = len(train), len(held)
     report.add_samples(train + held)
-    report.warnings.extend(lint(train + held, tokenizer, renderer.stop_token_ids if renderer else []))
+    # pt joins documents with EOS and trains it on purpose, so an EOS that doubles as pad (SmolLM2) is no finding.
+    stops = renderer.stop_token_ids if renderer else [tokenizer.eos_token_id]
+    report.warnings.extend(lint(train + held, tokenizer, stops))
     if report.trained_tokens == 0:
         names = ", ".join(s.path for s in data.datasets)
         raise DataError(names, None, "the dataset has zero trainable tokens after processing (check mask, "

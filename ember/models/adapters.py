@@ -24,8 +24,8 @@ def quantization_config(method: MethodConfig, compute_dtype: torch.dtype):
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type=method.quant_type,
-        bnb_4bit_use_double_quant=method.double_quant,
+        bnb_4bit_quant_type=method.quant_type or "nf4",
+        bnb_4bit_use_double_quant=method.double_quant is not False,
         bnb_4bit_compute_dtype=compute_dtype,
     )
 

@@ -148,9 +148,13 @@ def load_config(cfg: ModelConfig):
         config = AutoConfig.from_pretrained(
             resolve_source(cfg.name_or_path), revision=cfg.revision, trust_remote_code=bool(cfg.trust_remote_code)
         )
-    for key, value in cfg.config_overrides.items():
+    for key in cfg.config_overrides:
         if not hasattr(config, key) and key not in ("head_dim",):
             raise ConfigError(f"model.config_overrides.{key}: {type(config).__name__} has no such field")
+    if model_type is not None:
+        # Through the constructor, so derived fields (head_dim = hidden_size / heads) follow the new sizes.
+        return AutoConfig.for_model(model_type, **cfg.config_overrides)
+    for key, value in cfg.config_overrides.items():
         setattr(config, key, value)
     return config
 
@@ -171,8 +175,17 @@ def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = N
     if cfg.random_init:
         if vocab_size is not None and "vocab_size" not in cfg.config_overrides:
             config.vocab_size = vocab_size
+            _drop_token_ids_beyond(config, vocab_size)
         torch.manual_seed(cfg.seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=_trust(cfg, family), **kwargs)
+        if quantization_config is not None:
+            # bitsandbytes quantizes while loading weights, so a random model is saved once and loaded back.
+            with tempfile.TemporaryDirectory(prefix="ember-random-") as tmp:
+                model.save_pretrained(tmp)
+                model = AutoModelForCausalLM.from_pretrained(
+                    tmp, dtype=dtype, quantization_config=quantization_config, device_map=_device_map(),
+                    trust_remote_code=_trust(cfg, family), **kwargs,
+                )
     else:
         source = resolve_source(cfg.name_or_path)
         model = AutoModelForCausalLM.from_pretrained(
@@ -194,3 +207,15 @@ def _device_map():
     if torch.cuda.is_available():
         return {"": int(os.environ.get("LOCAL_RANK", 0))}
     return {"": "cpu"}
+
+
+def _drop_token_ids_beyond(config, vocab_size: int) -> None:
+    """A family's default special-token ids (glm4: pad 151329) may not exist in a smaller borrowed vocabulary; the
+    Trainer then takes them from the tokenizer."""
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value >= vocab_size:
+            setattr(config, key, None)
+        elif isinstance(value, list):
+            kept = [v for v in value if v < vocab_size]
+            setattr(config, key, kept or None)

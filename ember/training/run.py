@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -53,12 +54,13 @@ def resolve_resume(cfg: EmberConfig) -> Optional[str]:
     return None
 
 
-def train(cfg: EmberConfig) -> TrainResult:
+def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Run one training job; `callbacks` (`transformers.TrainerCallback`s) join Ember's own, e.g. to watch steps."""
     import torch
     from transformers import set_seed
 
     from ember.data.build import prepare_data
-    from ember.data.collate import EncodedDataset, PadCollator
+    from ember.data.collate import EncodedDataset
     from ember.models.adapters import apply_method, describe_parameters, parameter_counts, quantization_config
     from ember.models.loading import detect_family, load_model
     from ember.models.precision import resolve_dtype
@@ -105,9 +107,9 @@ def train(cfg: EmberConfig) -> TrainResult:
         args=args,
         train_dataset=EncodedDataset(prepared.data.train),
         eval_dataset=EncodedDataset(prepared.data.eval) if prepared.data.eval else None,
-        data_collator=PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1),
+        data_collator=_collator(cfg, tokenizer),
         processing_class=tokenizer,
-        callbacks=[LossPlotCallback(), MetadataCallback(metadata)],
+        callbacks=[MetadataCallback(metadata), *([LossPlotCallback()] if cfg.output.plot_loss else []), *callbacks],
         optimizers=(_optimizer(model, args, cfg), None),
         loss_fn=stage.loss,
     )
@@ -122,6 +124,16 @@ def train(cfg: EmberConfig) -> TrainResult:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     say(f"saved to {out}  (train loss {metrics.get('train_loss', float('nan')):.4f})")
     return TrainResult(out, metrics, trainable, total)
+
+
+def _collator(cfg: EmberConfig, tokenizer):
+    import torch
+
+    from ember.data.collate import PackedCollator, PadCollator
+
+    if cfg.data.packing:
+        return PackedCollator()
+    return PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1)
 
 
 def _fit_embeddings(model, tokenizer, cfg: EmberConfig) -> None:
@@ -152,5 +164,12 @@ def _optimizer(model, args, cfg: EmberConfig):
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     kwargs.pop("lr", None)
-    groups = [{"params": rest, "lr": args.learning_rate}, {"params": embeddings, "lr": lr}]
+
+    def split(params, group_lr):
+        # train.weight_decay as the Trainer's own optimizer applies it (matrices decay; norms and biases do not).
+        # Without it in the groups, torch's AdamW would decay everything by its default of 0.01.
+        return [{"params": [p for p in params if p.ndim >= 2], "lr": group_lr, "weight_decay": args.weight_decay},
+                {"params": [p for p in params if p.ndim < 2], "lr": group_lr, "weight_decay": 0.0}]
+
+    groups = [g for g in split(rest, args.learning_rate) + split(embeddings, lr) if g["params"]]
     return cls(groups, lr=args.learning_rate, **kwargs)

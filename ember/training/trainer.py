@@ -26,8 +26,9 @@ class EmberTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._weights = inputs.pop("loss_weights", None)
-        if model.training and "attention_mask" in inputs:
-            self._tokens_seen += int(inputs["attention_mask"].sum())
+        if model.training:
+            mask = inputs.get("attention_mask")
+            self._tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:

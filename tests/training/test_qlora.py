@@ -1,0 +1,89 @@
+"""QLoRA (bitsandbytes nf4) on CPU: it trains, and an eval pass does not silently cut the LoRA gradients.
+
+The cut is the bitsandbytes bug that `ember.models.compat.keep_4bit_trainable_on_cpu` works around (see its
+docstring): when `test_the_bug_is_still_there_without_the_workaround` fails, bitsandbytes fixed it and the shim can go.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ember.config.schema import MethodConfig
+from ember.training.run import train
+
+from .helpers import GradCapture
+
+bnb = pytest.importorskip("bitsandbytes")
+
+
+def quantized_lora(tiny_model_config, workaround: bool = True):
+    from peft import LoraConfig, get_peft_model
+
+    from ember.models.adapters import apply_method, quantization_config
+    from ember.models.loading import load_model
+
+    model = load_model(tiny_model_config, quantization_config=quantization_config(MethodConfig(type="qlora"),
+                                                                                   torch.float32))
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 14  # 7 projections × 2 layers
+    if workaround:
+        return apply_method(model, MethodConfig(type="qlora", rank=4, dropout=0.0), None)
+    config = LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def lora_grads(model, ids: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters() if "lora_" in n}
+
+
+def eval_pass(model, ids: torch.Tensor) -> None:
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+
+
+def test_lora_grads_survive_an_eval_pass(tiny_model_config):
+    model = quantized_lora(tiny_model_config)
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    before = lora_grads(model, ids)
+    eval_pass(model, ids)
+    after = lora_grads(model, ids)
+    assert before and all(g is not None for g in after.values())
+    for name, grad in before.items():
+        torch.testing.assert_close(after[name], grad, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and not bnb.functional.has_avx512bf16(),
+                    reason="the repacking happens only on CPUs with AVX512-BF16")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only bitsandbytes bug")
+def test_the_bug_is_still_there_without_the_workaround(tiny_model_config):
+    model = quantized_lora(tiny_model_config, workaround=False)
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    before = lora_grads(model, ids)
+    assert all(g is not None for g in before.values())
+    eval_pass(model, ids)
+    after = lora_grads(model, ids)
+    # The gradient through the frozen 4-bit weights is dropped: LoRA grads go missing (None) or come out wrong.
+    assert any(g is None or not torch.allclose(g, before[n]) for n, g in after.items())
+
+
+@pytest.mark.slow
+def test_qlora_run_trains_through_evaluations(tiny_run_config):
+    """nf4 tiny model, evaluated every other step: every LoRA parameter keeps its gradient, and loss falls."""
+    cfg = tiny_run_config("method.type=qlora", "train.max_steps=6", "train.learning_rate=3e-2",
+                          "data.eval_split=0.25", "train.eval_strategy=steps", "train.eval_steps=2")
+    grads = GradCapture()
+    result = train(cfg, callbacks=[grads])
+    assert len(grads.steps) == 6
+    for step in grads.steps:
+        names = [n for n in step if "lora_" in n]
+        assert len(names) == 4 * 7 and all(step[n].abs().sum() > 0 for n in names if "lora_A" not in n)
+    history = json.loads((result.output_dir / "trainer_state.json").read_text())["log_history"]
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    assert len(evals) >= 3 and evals[-1] < evals[0] - 0.05, evals
+    assert (result.output_dir / "adapter_model.safetensors").is_file()
