@@ -211,6 +211,11 @@ class Renderer:
             msg = conv.messages[index]
             trained = msg.train if msg.train is not None else (mask != "last_assistant" or index == last)
             first = bisect.bisect_left(starts, start)
+            straddles = first > 0 and offsets[first - 1][1] > start
+            if straddles:
+                # A token that merges the end of the role header with the start of the answer (e.g. "Assistant: " +
+                # "Red" → " Red") is the answer's first token: train it, or the answer's start is never learned.
+                first -= 1
             tokens = list(range(first, bisect.bisect_left(starts, end)))
             stops = [t for t in tokens if ids[t] in self.stop_token_ids]
             if stops:
@@ -219,8 +224,11 @@ class Renderer:
                 for t in tokens:  # only mode `all` has labels here: `train: false` means never trained
                     enc.labels[t], weights[t] = IGNORE_INDEX, 0.0
                 continue
-            if first > 0 and offsets[first - 1][1] > start:
-                enc.warnings.append(f"{conv.source}: a token spans the role header and the answer of turn {index}")
+            if straddles:
+                enc.warnings.append(
+                    f"{conv.source}: turn {index}: one token spans the role header and the answer; generation "
+                    "prompts end before it, so this template tokenises prompts differently from training"
+                )
             if not stops:
                 enc.warnings.append(f"{conv.source}: assistant turn {index} has no end-of-turn token to train")
             for t in tokens:
