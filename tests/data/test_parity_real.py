@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from ember.data.preview import spans
+
 from ember.data.conversation import Conversation
 from ember.data.files import iter_records
 from ember.data.formats import convert, detect_format
-from ember.data.render import IGNORE_INDEX
 from ember.data.tokenize import holds_added_token
 from ember.errors import DataError
 
@@ -53,14 +54,7 @@ def _multi_turn(path: Path, want: int, tokenizer) -> tuple[list[Conversation], l
 
 
 def _trained_runs(enc) -> list[list[int]]:
-    runs, current = [], []
-    for token, label in zip(enc.input_ids, enc.labels, strict=True):
-        if label != IGNORE_INDEX:
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    return runs + ([current] if current else [])
+    return [ids for trained, ids in spans(enc) if trained]
 
 
 @pytest.mark.smollm2

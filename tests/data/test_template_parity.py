@@ -8,7 +8,7 @@ import copy
 import pytest
 
 from ember.data.conversation import Conversation, Message
-from ember.data.render import IGNORE_INDEX
+from ember.data.preview import spans
 from ember.data.setup import build_renderer
 from ember.data.templates import template_names
 
@@ -32,16 +32,7 @@ def test_shipped_template_parity_and_spans(name, smol_tokenizer):
     expected = tok.apply_chat_template([m.to_template() for m in conv.messages], chat_template=renderer.source,
                                        tokenize=True)["input_ids"]
     assert enc.input_ids == list(expected)
-    # Consecutive trained runs: one per assistant answer, each decoding to the answer + a stop string.
-    runs, current = [], []
-    for tok_id, label in zip(enc.input_ids, enc.labels, strict=True):
-        if label != IGNORE_INDEX:
-            current.append(tok_id)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
+    runs = [ids for trained, ids in spans(enc) if trained]  # one run per answer
     answers = [m.content for m in conv.messages if m.role == "assistant"]
     assert len(runs) == len(answers)
     for run, answer in zip(runs, answers, strict=True):
