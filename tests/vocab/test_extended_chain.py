@@ -1,6 +1,6 @@
 """The whole chain on a tiny scale: `ember vocab train` → `ember vocab extend` (a tied 2-layer random Llama with
-SmolLM2's tokenizer) → `ember train` at stage pt with LoRA + embed_tokens/lm_head as modules_to_save → chat →
-merge and export. The new rows must really train, at their own learning rate, and survive the merge."""
+SmolLM2's tokenizer) → `ember train` at stage pt with LoRA + embed_tokens/lm_head as modules_to_save → chat and
+serve → merge and export. The new rows must really train, at their own learning rate, and survive the merge."""
 
 from __future__ import annotations
 
@@ -125,15 +125,26 @@ def test_embedding_learning_rate_is_its_own_param_group(chain, trained, tmp_path
         assert not torch.equal(before, after)
 
 
-def test_the_output_chats_with_the_new_tokens(chain, trained):
+def test_the_output_chats_and_serves_with_the_new_tokens(chain, trained):
+    from openai import OpenAI
+
     from ember.inference.engine import Engine, GenerationOptions
+    from ember.serving.api import create_app
+    from ember.serving.background import serve_in_thread
 
     engine = Engine.load(str(trained[0]))
     assert len(engine.tokenizer) == chain.summary["base_vocab"] + chain.summary["new_tokens"]
-    ids = engine.prompt_ids([{"role": "user", "content": PROMPT}])
+    messages = [{"role": "user", "content": PROMPT}]
+    ids = engine.prompt_ids(messages)
     assert any(i >= chain.summary["first_new_id"] for i in ids)
-    reply = engine.generate([{"role": "user", "content": PROMPT}], GenerationOptions(max_new_tokens=6))
+    reply = engine.generate(messages, GenerationOptions(max_new_tokens=6))
     assert reply.completion_tokens > 0
+
+    with serve_in_thread(create_app(engine, "zh")) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        served = client.chat.completions.create(model="zh", messages=messages, max_tokens=6, temperature=0)
+    assert served.usage.prompt_tokens == len(ids)  # the server tokenizes with the extended tokenizer
+    assert served.choices[0].message.content == reply.text
 
 
 def logits(model, ids: list[int]) -> torch.Tensor:
