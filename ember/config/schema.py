@@ -75,6 +75,7 @@ class MethodConfig:
     modules_to_save: list[str] = field(default_factory=list)  # e.g. [embed_tokens, lm_head]
     rslora: bool = False
     dora: bool = False
+    lora_layers: Optional[int] = None  # LoRA only in the last N decoder layers (None: all); backward stops below them
     # QLoRA. Unset (None) = 4 / nf4 / true; they quantize the base model, so setting them with another type fails.
     bits: Optional[Literal[4, 8]] = None
     quant_type: Optional[Literal["nf4", "fp4"]] = None

@@ -49,8 +49,10 @@ def validate(cfg: EmberConfig) -> EmberConfig:
             raise ConfigError(f"method.rank={method.rank} must be >= 1")
         if not (method.targets == "all-linear" or isinstance(method.targets, list)):
             raise ConfigError(f"method.targets must be 'all-linear' or a list of module names, got {method.targets!r}")
-    elif method.dora or method.rslora:
-        raise ConfigError(f"method.dora / method.rslora apply to LoRA, not method.type={method.type}")
+        if method.lora_layers is not None and method.lora_layers < 1:
+            raise ConfigError(f"method.lora_layers={method.lora_layers} must be >= 1 (or unset for every layer)")
+    elif method.dora or method.rslora or method.lora_layers is not None:
+        raise ConfigError(f"method.dora / method.rslora / method.lora_layers apply to LoRA, not method.type={method.type}")
     if method.type == "freeze" and method.trainable_layers < 0:
         raise ConfigError("method.trainable_layers must be >= 0")
 

@@ -15,7 +15,7 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     # CJK category names render with whatever CJK font is installed; missing glyphs only warn.
-    plt.rcParams["font.sans-serif"] = ["Noto Sans CJK SC", "WenQuanYi Zen Hei", "SimHei", "DejaVu Sans"]
+    plt.rcParams["font.sans-serif"] = ["Noto Sans CJK SC", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "SimHei", "DejaVu Sans"]
     plt.rcParams["axes.unicode_minus"] = False
     return plt
 

@@ -42,7 +42,8 @@ def _lazy(factory: Callable[[], Callable]) -> Callable:
 
 
 def _load_scoring_model(model: str, adapter: Optional[str], device: str):
-    """Model and tokenizer for log-likelihood scoring; Ember output dirs (adapters) load as they were trained."""
+    """Model, tokenizer and default system prompt for log-likelihood scoring; Ember output dirs (adapters) load as
+    they were trained."""
     import torch
 
     try:
@@ -51,7 +52,7 @@ def _load_scoring_model(model: str, adapter: Optional[str], device: str):
         load_for_inference = None
     if load_for_inference is not None:
         loaded = load_for_inference(model, adapter, dtype="auto")
-        net, tokenizer = loaded.model, loaded.tokenizer
+        net, tokenizer, system = loaded.model, loaded.tokenizer, loaded.default_system
     else:
         from ember.config.schema import ModelConfig
         from ember.models.loading import load_model, load_tokenizer
@@ -60,10 +61,10 @@ def _load_scoring_model(model: str, adapter: Optional[str], device: str):
             raise EmberError("--adapter needs ember.inference; merge the adapter or pass the merged model directory")
         cfg = ModelConfig(name_or_path=model, dtype="float32")
         tokenizer = load_tokenizer(cfg)
-        net = load_model(cfg, vocab_size=len(tokenizer))
+        net, system = load_model(cfg, vocab_size=len(tokenizer)), None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return net.to(device).eval(), tokenizer
+    return net.to(device).eval(), tokenizer, system
 
 
 def _meta(args, kind: str, **extra: Any) -> dict[str, Any]:
@@ -115,12 +116,12 @@ def cmd_bench(args) -> int:
     items: list[dict] = []
     form = args.prompt_format
     if any(t in MC_TASKS for t in tasks):
-        model, tokenizer = _load_scoring_model(args.model, args.adapter, args.device)
+        model, tokenizer, system = _load_scoring_model(args.model, args.adapter, args.device)
         if form == "auto":
             form = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
         for task in (t for t in tasks if t in MC_TASKS):
             part, task_items = run_benchmark(model, tokenizer, task, data[task], shots=args.shots, form=form,
-                                             batch_size=args.batch_size, progress=not args.no_progress)
+                                             batch_size=args.batch_size, progress=not args.no_progress, system=system)
             merge_scores(scores, part)
             items += task_items
             print(f"{task}: accuracy {part[f'{task}/accuracy']:.2f}% over {part[f'{task}/n']} questions")
@@ -191,7 +192,8 @@ def cmd_compare(args) -> int:
         answers[side] = cached_answers(items, generate, out / f"answers_{side}.jsonl", model, args.batch_size, progress)
     if args.judge:
         judge = _lazy(_generate_factory(args.judge, args))
-        records = judge_pairs(items, answers["a"], answers["b"], judge, template, args.batch_size, progress)
+        records = judge_pairs(items, answers["a"], answers["b"], judge, template, args.batch_size, progress,
+                              cache=out / "judge_outputs.jsonl", judge_name=args.judge)
         write_jsonl(out / JUDGEMENTS, records)
     scores = summarize_pairwise(out)
     if "judge" in scores.get("categories", {}):

@@ -9,6 +9,7 @@ must ask for a final `[[1]]`, `[[2]]` or `[[TIE]]`; the last such mark in the ou
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from pathlib import Path
@@ -125,14 +126,38 @@ def combine(first: Optional[str], swapped: Optional[str]) -> str:
     return one if one is not None and one == two else "tie"
 
 
+def judge_outputs(prompts: list[str], judge: GenerateFn, cache: Optional[Path], judge_name: str,
+                  batch_size: int = 8, progress: bool = True) -> list[str]:
+    """The judge's output for each prompt. With `cache`, outputs of the same judge for the same prompt text are
+    reused and new ones are appended batch by batch, so a re-run or an interrupted run never judges a pair twice."""
+    keys = [hashlib.sha256(p.encode("utf-8")).hexdigest() for p in prompts]
+    have: dict[str, str] = {}
+    if cache is not None and cache.is_file():
+        have = {r["sha256"]: r["output"] for r in read_jsonl(cache) if r.get("judge") == judge_name}
+    first_of: dict[str, int] = {}  # identical prompts (e.g. two equal answers swapped) are judged once
+    for i, k in enumerate(keys):
+        if k not in have:
+            first_of.setdefault(k, i)
+    missing = list(first_of.values())
+    for start in range(0, len(missing), batch_size):
+        batch = missing[start: start + batch_size]
+        outs = generate_all(judge, [[{"role": "user", "content": prompts[i]}] for i in batch], batch_size,
+                            f"judging {start + len(batch)}/{len(missing)}", progress)
+        for i, out in zip(batch, outs, strict=True):
+            have[keys[i]] = out
+            if cache is not None:
+                append_jsonl(cache, {"judge": judge_name, "sha256": keys[i], "output": out})
+    return [have[k] for k in keys]
+
+
 def judge_pairs(items: list[dict], answers_a: dict[str, str], answers_b: dict[str, str], judge: GenerateFn,
-                template, batch_size: int = 8, progress: bool = True) -> list[dict]:
-    convs = []
+                template, batch_size: int = 8, progress: bool = True, cache: Optional[Path] = None,
+                judge_name: str = "judge") -> list[dict]:
+    prompts = []
     for it in items:
         a, b = answers_a[it["id"]], answers_b[it["id"]]
-        convs.append([{"role": "user", "content": judge_prompt(template, it, a, b)}])
-        convs.append([{"role": "user", "content": judge_prompt(template, it, b, a)}])
-    outputs = generate_all(judge, convs, batch_size, "judging", progress)
+        prompts += [judge_prompt(template, it, a, b), judge_prompt(template, it, b, a)]
+    outputs = judge_outputs(prompts, judge, cache, judge_name, batch_size, progress)
     records = []
     for k, it in enumerate(items):
         first, swapped = outputs[2 * k], outputs[2 * k + 1]

@@ -15,13 +15,13 @@ Plain (Chinese benchmarks; English uses "Answer:" and scores " B" with its leadi
 
 Chat: the same header and questions as alternating user/assistant turns (the assistant answers with the letter),
 rendered by `tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True)`; the letter is scored
-right after the generation prompt.
+right after the generation prompt. A model trained with `data.system` is given that system prompt first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 from ember.evaluation.benchmarks import LETTERS, BenchSpec, Question, Subject
 
@@ -50,7 +50,8 @@ def question_block(q: Question, language: str, cue: bool) -> str:
 
 
 def build_prompt(
-    spec: BenchSpec, subject: Subject, question: Question, shots: int, form: PromptForm, tokenizer=None
+    spec: BenchSpec, subject: Subject, question: Question, shots: int, form: PromptForm, tokenizer=None,
+    system: Optional[str] = None,
 ) -> MCPrompt:
     examples = subject.dev[:shots]
     header = HEADERS[spec.language].format(subject=subject.display)
@@ -62,12 +63,13 @@ def build_prompt(
         return MCPrompt(text, conts, add_special_tokens=True, shots=len(examples))
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError("the chat prompt form needs a tokenizer with a chat template; use --prompt-format plain")
-    messages = []
+    messages = [{"role": "system", "content": system}] if system else []
     for s in examples:
         messages.append({"role": "user", "content": question_block(s, spec.language, cue=False)})
         messages.append({"role": "assistant", "content": s.gold})
     messages.append({"role": "user", "content": question_block(question, spec.language, cue=False)})
-    messages[0]["content"] = header + messages[0]["content"]
+    first_user = 1 if system else 0
+    messages[first_user]["content"] = header + messages[first_user]["content"]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     conts = tuple(LETTERS[i] for i in range(len(question.choices)))
     return MCPrompt(text, conts, add_special_tokens=False, shots=len(examples))

@@ -51,6 +51,8 @@ def run_chat(session: ChatSession, lines: Iterator[str], out: Optional[IO[str]] 
     out = out or sys.stdout  # looked up per call: a default bound at import would bypass redirected stdout
     if interactive:
         print("Ember chat — /clear resets history, /system TEXT sets the system prompt, /exit quits.", file=out)
+        if session.engine.default_system and not session.system:
+            print(f"(system prompt from training: {session.engine.default_system!r})", file=out)
     for raw in lines:
         line = raw.rstrip("\n")
         if not line.strip():
@@ -76,7 +78,7 @@ def run_chat(session: ChatSession, lines: Iterator[str], out: Optional[IO[str]] 
 
 
 def print_prompt(session: ChatSession, user_text: str, out: IO[str]) -> None:
-    msgs = session.messages(user_text)
+    msgs = session.engine.with_default_system(session.messages(user_text))
     text = session.engine.renderer.prompt_text(msgs)
     ids = session.engine.prompt_ids(msgs)
     print(f"----- prompt ({len(ids)} tokens) -----\n{text}\n----- end of prompt -----", file=out)

@@ -45,6 +45,7 @@ class Engine:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.renderer = loaded.renderer
+        self.default_system = loaded.default_system
         self.lock = threading.Lock()  # one generate at a time on a model (CPU threads are shared anyway)
 
     @classmethod
@@ -55,8 +56,15 @@ class Engine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def with_default_system(self, messages: Sequence[Message | dict]) -> list[Message]:
+        """The conversation as training saw it: the run's `data.system` first when it has no system message."""
+        messages = as_messages(messages)
+        if self.default_system and not any(m.role == "system" for m in messages):
+            messages = [Message("system", self.default_system), *messages]
+        return messages
+
     def prompt_ids(self, messages: Sequence[Message | dict], tools=None) -> list[int]:
-        return self.renderer.prompt_ids(as_messages(messages), tools)
+        return self.renderer.prompt_ids(self.with_default_system(messages), tools)
 
     def _generate_kwargs(self, options: GenerationOptions) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(

@@ -19,6 +19,7 @@ class LoadedModel:
     tokenizer: object
     renderer: Renderer
     name: str
+    default_system: Optional[str] = None  # the training run's `data.system`, given when a request has none
 
 
 def _run_model_config(directory: Path) -> Optional[ModelConfig]:
@@ -73,4 +74,4 @@ def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "
         renderer.stop_strings = list(info["stop_strings"])
         renderer.stop_token_ids = list(info.get("stop_token_ids") or renderer.stop_token_ids)
     name = path.name if path.exists() else model
-    return LoadedModel(net, tokenizer, renderer, name)
+    return LoadedModel(net, tokenizer, renderer, name, (info or {}).get("default_system"))

@@ -45,6 +45,7 @@ def training_arguments(cfg: EmberConfig):
         remove_unused_columns=False,  # our collator builds exactly the model inputs (+ loss_weights)
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=False if cfg.method.type in ("lora", "qlora") else None,
+        prediction_loss_only=True,  # evaluation reports loss; gathering 49k-wide logits would only cost memory
         disable_tqdm=os.environ.get("EMBER_NO_PROGRESS") == "1",
     )
     if t.gradient_checkpointing:

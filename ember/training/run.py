@@ -101,7 +101,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     say(describe_parameters(model))
 
     stage = STAGES[cfg.stage]
-    metadata = {"config_yaml": config_yaml, "template": prepared.renderer.identity if prepared.renderer else None}
+    metadata = {"config_yaml": config_yaml, "template": _template_record(prepared.renderer, cfg)}
     trainer = EmberTrainer(
         model=model,
         args=args,
@@ -124,6 +124,17 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     say(f"saved to {out}  (train loss {metrics.get('train_loss', float('nan')):.4f})")
     return TrainResult(out, metrics, trainable, total)
+
+
+def _template_record(renderer, cfg: EmberConfig) -> Optional[dict]:
+    """The renderer's identity, plus the system prompt that training gave conversations without one: chat, serve
+    and eval give it too, so the model is asked the way it was trained."""
+    if renderer is None:
+        return None
+    record = dict(renderer.identity)
+    if cfg.data.system:
+        record["default_system"] = cfg.data.system
+    return record
 
 
 def _collator(cfg: EmberConfig, tokenizer):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
 from transformers import Trainer
+
+from ember.training.losses import trained_positions
 
 
 class EmberTrainer(Trainer):
@@ -16,16 +19,29 @@ class EmberTrainer(Trainer):
     def __init__(self, *args, loss_fn: Callable[..., torch.Tensor], **kwargs):
         self._loss_fn = loss_fn
         self._weights: Optional[torch.Tensor] = None
+        self._positions: Optional[torch.Tensor] = None
+        self._keeps_logits: Optional[bool] = None
         self._tokens_seen = 0
         self._clock: Optional[tuple[float, int]] = None
         super().__init__(*args, compute_loss_func=self._compute_loss, **kwargs)
 
     def _compute_loss(self, outputs: Any, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        return self._loss_fn(logits, labels, self._weights, num_items_in_batch)
+        return self._loss_fn(logits, labels, self._weights, num_items_in_batch, positions=self._positions)
+
+    def _accepts_logits_to_keep(self, model) -> bool:
+        if self._keeps_logits is None:
+            net = self.accelerator.unwrap_model(model)
+            net = net.get_base_model() if hasattr(net, "get_base_model") else net
+            self._keeps_logits = "logits_to_keep" in inspect.signature(net.forward).parameters
+        return self._keeps_logits
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._weights = inputs.pop("loss_weights", None)
+        self._positions = None
+        if "labels" in inputs and self._accepts_logits_to_keep(model):
+            self._positions = trained_positions(inputs["labels"])
+            inputs["logits_to_keep"] = self._positions
         if model.training:
             mask = inputs.get("attention_mask")
             self._tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())

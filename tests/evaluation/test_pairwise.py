@@ -113,8 +113,9 @@ def test_compare_cli_caches_answers_and_writes_report(tmp_path, monkeypatch):
             "--judge", "judge", "--out", str(out), "--no-progress"]
     assert eval_cli.main(argv) == 0
     assert calls == {"model-a": 8, "model-b": 8, "judge": 16}
-    assert eval_cli.main(argv) == 0  # answers come from the cache; only the judge runs again
-    assert calls == {"model-a": 8, "model-b": 8, "judge": 32}
+    assert eval_cli.main(argv) == 0  # answers and judge outputs come from the caches
+    assert calls == {"model-a": 8, "model-b": 8, "judge": 16}
+    assert len((out / "judge_outputs.jsonl").read_text(encoding="utf-8").splitlines()) == 16
     scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
     assert (scores["judge/win_rate"], scores["judge/tie_rate"], scores["judge/loss_rate"]) == (37.5, 37.5, 25.0)
     assert scores["judge/n"] == 8 and scores["meta"]["kind"] == "compare"
@@ -126,3 +127,11 @@ def test_compare_cli_caches_answers_and_writes_report(tmp_path, monkeypatch):
     assert (out / "pairwise_judge.png").read_bytes()[:4] == b"\x89PNG"
     items = [json.loads(x) for x in (out / "items.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(items) == 8 and items[0]["judge_outputs"][0].endswith("[[1]]")
+
+    # An edited judge template changes every judge prompt: all 16 are judged again, answers stay cached.
+    from ember.evaluation.pairwise import DEFAULT_TEMPLATE
+
+    edited = tmp_path / "judge.jinja"
+    edited.write_text("Be brief.\n" + DEFAULT_TEMPLATE.read_text(encoding="utf-8"), encoding="utf-8")
+    assert eval_cli.main(argv + ["--judge-template", str(edited)]) == 0
+    assert calls == {"model-a": 8, "model-b": 8, "judge": 32}

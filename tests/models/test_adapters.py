@@ -100,3 +100,29 @@ def test_plain_lora_scaling_is_alpha_over_rank(tiny_model):
 def test_unknown_lora_target_fails_with_a_hint(tiny_model):
     with pytest.raises(ConfigError, match="check method.targets"):
         apply_method(tiny_model, MethodConfig(type="lora", targets=["query_key_value"]), None)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "down_proj"]])
+def test_lora_layers_adapts_only_the_last_layers_and_autograd_stops_there(tiny_model, targets):
+    model = apply_method(tiny_model, MethodConfig(type="lora", rank=4, dropout=0.0, targets=targets, lora_layers=1),
+                         None)
+    lora = {n for n, _ in model.named_parameters() if "lora_" in n}
+    per_layer = 7 if targets == "all-linear" else 2
+    assert len(lora) == 2 * per_layer and all(".layers.1." in n for n in lora)
+    assert changed_after_training(model) == lora
+
+    reached = []  # no gradient flows into layer 0: nothing there, nor below it, is trained
+    layer0 = model.get_base_model().model.layers[0]
+    layer0.register_full_backward_hook(lambda *args: reached.append(0))
+    model.get_base_model().model.layers[1].register_full_backward_hook(lambda *args: reached.append(1))
+    ids = torch.randint(0, 256, (1, 6))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert reached == [1]
+
+
+def test_lora_layers_beyond_the_depth_adapts_every_layer(tiny_model, tiny_model_config):
+    deep = apply_method(tiny_model, MethodConfig(type="lora", rank=4, lora_layers=9), None)
+    assert len([n for n, _ in deep.named_parameters() if "lora_" in n]) == 2 * 7 * 2
+    with pytest.raises(ConfigError, match="matched no module in the last 1 decoder layers"):
+        apply_method(load_model(tiny_model_config, vocab_size=256),
+                     MethodConfig(type="lora", targets=["no_such_proj"], lora_layers=1), None)

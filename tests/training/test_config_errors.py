@@ -57,6 +57,8 @@ def test_yaml_booleans_read_as_the_strategy_names_they_spell():
     (["train.extra={lerning_rate_decay: 1}"], "train.extra.lerning_rate_decay is not a TrainingArguments field"),
     (["train.extra={warmup_stesp: 1}"], "did you mean 'warmup_steps'"),
     (["method.type=freeze", "method.trainable_layers=-1"], "trainable_layers must be >= 0"),
+    (["method.type=full", "method.lora_layers=4"], "method.lora_layers apply to LoRA, not method.type=full"),
+    (["method.lora_layers=0"], r"method.lora_layers=0 must be >= 1"),
 ])
 def test_invalid_combinations_fail_before_loading(tiny_run_config, nothing_loads, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
 
 from ember.data.collate import PadCollator
 from ember.data.conversation import Conversation, Message
 from ember.data.render import IGNORE_INDEX
-from ember.training.losses import causal_lm_loss
+from ember.training.losses import causal_lm_loss, trained_positions
 from ember.training.run import train
 
 from .helpers import GradCapture, saved_tensors
@@ -136,3 +137,56 @@ def test_batch_8_equals_batch_2_times_accumulation_4(tiny_run_config, tmp_path):
     for name in w_whole:
         assert relative_difference(w_acc[name], w_whole[name]) <= 1e-6, name
 
+
+
+def test_loss_at_trained_positions_equals_the_full_loss():
+    torch.manual_seed(1)
+    logits, labels = torch.randn(3, 9, 13), torch.randint(0, 13, (3, 9))
+    labels[0, :5] = IGNORE_INDEX
+    labels[1, 2:7] = IGNORE_INDEX
+    labels[2, :] = IGNORE_INDEX
+    weights = torch.rand(3, 9)
+    positions = trained_positions(labels)
+    # position t is kept when some row trains token t + 1: rows 0 (t ≥ 4) and 1 (t = 0, t ≥ 6)
+    assert positions.tolist() == [0, 4, 5, 6, 7]
+    for w, n in ((None, None), (weights, None), (weights, 50)):
+        torch.testing.assert_close(causal_lm_loss(logits[:, positions], labels, w, n, positions=positions),
+                                   causal_lm_loss(logits, labels, w, n), rtol=1e-6, atol=1e-7)
+
+
+class LmHeadWidths(TrainerCallback):
+    """Records how many positions reach the vocabulary projection in each training forward."""
+
+    def __init__(self):
+        self.widths: list[int] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        head = model.get_output_embeddings()
+        head.register_forward_hook(lambda module, inputs, output: self.widths.append(inputs[0].shape[1]))
+
+
+def test_training_projects_only_trained_positions_and_the_gradients_match(tiny_run_config, tmp_path):
+    """The trainer passes `logits_to_keep`: the lm_head sees only trained positions, and the step's gradients equal
+    those of the full-logits loss computed by hand on the same 8 samples from the same initial weights."""
+    from ember.data.build import prepare_data
+    from ember.models.loading import load_model, load_tokenizer
+
+    cfg = tiny_run_config("method.type=full", "train.optim=sgd", "train.learning_rate=1.0", "train.max_grad_norm=0",
+                          "train.max_steps=1", "train.per_device_train_batch_size=8")
+    samples = prepare_data(cfg, progress=False).data.train
+    assert len(samples) == 8
+    widths, grads = LmHeadWidths(), GradCapture()
+    train(cfg, callbacks=[widths, grads])
+
+    batch = PadCollator(pad_token_id=0)([{"input_ids": s.input_ids, "labels": s.labels} for s in samples])
+    kept = len(trained_positions(batch["labels"]))
+    assert widths.widths == [kept] and kept < batch["labels"].shape[1] - 1
+
+    model = load_model(cfg.model, vocab_size=len(load_tokenizer(cfg.model)))
+    model.config.use_cache = False
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    causal_lm_loss(logits, batch["labels"]).backward()
+    (step,) = grads.steps
+    assert step.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, p in model.named_parameters():
+        assert relative_difference(step[name], p.grad) <= 1e-5, name
