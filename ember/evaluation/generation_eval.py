@@ -3,6 +3,8 @@
 Records are read with `ember.data.files` (JSON, JSONL — PromptCBLUE's `.json` files are JSONL — CSV, parquet).
 The prompt and reference fields are found by name unless given: prompt ← instruction | input | prompt | question
 (Alpaca's instruction + input are joined by a newline); reference ← target | reference | output | answer | std_answer.
+Conversation records (OpenAI `messages`, ShareGPT `conversations`, Firefly `conversation`) are read by the data path:
+the model is given every message before the last assistant turn, and that turn is the reference.
 
 Exact match compares the stripped strings. Choice accuracy, on records with `answer_choices`, compares the *set* of
 choices named in the prediction with the set named in the reference; a choice is named when its text occurs, longest
@@ -56,7 +58,36 @@ def _pick(record: dict, given: Optional[str], candidates: tuple[str, ...], what:
     raise DataError(source, None, f"no {what} field among {', '.join(candidates)}; name it with {flag}")
 
 
+CONVERSATION_FORMATS = ("openai", "sharegpt", "firefly")
+
+
+def _from_conversation(source: str, record: dict, index: int) -> Optional[dict]:
+    from ember.data.formats import convert, detect_format
+
+    try:
+        fmt = detect_format(record)
+    except ValueError:
+        return None
+    if fmt not in CONVERSATION_FORMATS:
+        return None
+    messages = convert(fmt, record, source, {}).messages  # validated: it holds an assistant turn
+    last = max(i for i, m in enumerate(messages) if m.role == "assistant")
+    context = [{"role": m.role, "content": m.content} for m in messages[:last]]
+    return {
+        "id": str(record.get("sample_id", record.get("id", index))),
+        "prompt": next((m["content"] for m in reversed(context) if m["role"] == "user"), ""),
+        "messages": context,
+        "reference": messages[last].content,
+        "answer_choices": record.get("answer_choices") or None,
+        "group": next((str(record[g]) for g in GROUP_FIELDS if record.get(g)), None),
+    }
+
+
 def _normalize(source: str, record: dict, prompt_field: Optional[str], reference_field: Optional[str], index: int) -> dict:
+    if prompt_field is None and reference_field is None:
+        conversation = _from_conversation(source, record, index)
+        if conversation is not None:
+            return conversation
     pf = _pick(record, prompt_field, PROMPT_FIELDS, "prompt", source)
     rf = _pick(record, reference_field, REFERENCE_FIELDS, "reference", source)
     prompt = str(record[pf])
@@ -85,8 +116,8 @@ def load_predictions(path: str) -> list[dict]:
 
 
 def generate_predictions(rows: list[dict], generate: GenerateFn, batch_size: int = 8, progress: bool = True) -> list[dict]:
-    answers = generate_all(generate, [[{"role": "user", "content": r["prompt"]}] for r in rows], batch_size,
-                           "generating", progress)
+    conversations = [r.get("messages") or [{"role": "user", "content": r["prompt"]}] for r in rows]
+    answers = generate_all(generate, conversations, batch_size, "generating", progress)
     return [{**row, "prediction": answer} for row, answer in zip(rows, answers, strict=True)]
 
 

@@ -77,3 +77,27 @@ def test_cli_scores_a_predictions_file(tmp_path, capsys):
     assert [i["rouge-2"] for i in items] == [80.0, 60.0]
     assert main(["eval", "gen", "--out", str(out)]) == 2  # neither --data nor --predictions: a readable error
     assert "either --data" in capsys.readouterr().err
+
+
+def test_conversation_records_give_their_context_and_last_answer(tmp_path):
+    path = tmp_path / "conv.jsonl"
+    records = [
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q1"},
+                      {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
+                      {"role": "assistant", "content": "a2"}], "category": "chat"},
+        {"conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好！"}]},
+        {"conversation": [{"human": "1+1?", "assistant": "2"}]},
+    ]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    rows = load_gen_dataset(str(path))
+    assert [(r["prompt"], r["reference"], r["group"]) for r in rows] == [
+        ("q2", "a2", "chat"), ("你好", "你好！", None), ("1+1?", "2", None)]
+    seen = []
+    generate_predictions(rows[:1], lambda batch: seen.extend(batch) or ["x"] * len(batch), progress=False)
+    assert seen == [[{"role": "system", "content": "S"}, {"role": "user", "content": "q1"},
+                     {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n", encoding="utf-8")
+    with pytest.raises(Exception, match=r"bad.jsonl:1: field 'messages': no assistant message"):
+        load_gen_dataset(str(bad))
