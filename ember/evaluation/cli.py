@@ -183,6 +183,7 @@ def cmd_compare(args) -> int:
     out = run_dir(args.out)
     write_jsonl(out / "prompts.jsonl", items)
     write_json(out / META, {"model_a": args.model_a, "model_b": args.model_b, "judge": args.judge,
+                            **({"judge_mode": args.judge_mode} if args.judge else {}),
                             "judge_template": args.judge_template or "judge_prompt.jinja (built in)",
                             "prompts": args.prompts, **({"label": args.label} if args.label else {})})
     progress = not args.no_progress
@@ -191,9 +192,18 @@ def cmd_compare(args) -> int:
         generate = _lazy(_generate_factory(model, args))
         answers[side] = cached_answers(items, generate, out / f"answers_{side}.jsonl", model, args.batch_size, progress)
     if args.judge:
-        judge = _lazy(_generate_factory(args.judge, args))
+        if args.judge_mode == "likelihood":
+            def make_judge():
+                from ember.evaluation.pairwise import likelihood_judge
+
+                model, tokenizer, _ = _load_scoring_model(args.judge, None, "auto")
+                return likelihood_judge(model, tokenizer, args.batch_size)
+
+            judge, judge_name = _lazy(make_judge), f"{args.judge} (likelihood)"
+        else:
+            judge, judge_name = _lazy(_generate_factory(args.judge, args)), args.judge
         records = judge_pairs(items, answers["a"], answers["b"], judge, template, args.batch_size, progress,
-                              cache=out / "judge_outputs.jsonl", judge_name=args.judge)
+                              cache=out / "judge_outputs.jsonl", judge_name=judge_name)
         write_jsonl(out / JUDGEMENTS, records)
     scores = summarize_pairwise(out)
     if "judge" in scores.get("categories", {}):
@@ -264,6 +274,9 @@ def register(subparsers) -> None:
     p.add_argument("--prompts", required=True, help="Firefly-style .xlsx (kind, instruction) or JSONL {prompt, category, reference?}")
     p.add_argument("--judge", default=None, help="judge model; without it only the answers are generated (for annotate)")
     p.add_argument("--judge-template", default=None, help="Jinja judge prompt (default: ember/evaluation/judge_prompt.jinja)")
+    p.add_argument("--judge-mode", choices=("generate", "likelihood"), default="generate",
+                   help="generate: the judge writes reasoning and a [[1]]/[[2]]/[[TIE]] mark; likelihood: the most "
+                        "likely of the three marks after the prompt (for small local judges that write no mark)")
     _common(p)
     p.set_defaults(func=cmd_compare)
 

@@ -150,6 +150,36 @@ def judge_outputs(prompts: list[str], judge: GenerateFn, cache: Optional[Path], 
     return [have[k] for k in keys]
 
 
+VERDICT_MARKS = ("1", "2", "TIE")
+
+
+def likelihood_judge(model, tokenizer, batch_size: int = 8) -> GenerateFn:
+    """A judge that reads its verdict off the likelihoods instead of generating one.
+
+    After the judge prompt (in the judge's chat template) and "[[", the verdict is whichever of "1", "2" and "TIE" the
+    judge finds most likely. Small local judges that never write a verdict mark still give one; the position swap
+    still turns a judge that always prefers one position into ties. The output records the three log-likelihoods.
+    """
+    from ember.evaluation.scoring import Request, score_requests
+
+    def render(conversation: list[dict]) -> str:
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return conversation[-1]["content"] + "\n"
+
+    def judge(batch: list[list[dict]]) -> list[str]:
+        requests = [Request(render(conv) + "[[", VERDICT_MARKS, add_special_tokens=not getattr(
+            tokenizer, "chat_template", None)) for conv in batch]
+        out = []
+        for scores in score_requests(model, tokenizer, requests, batch_size=batch_size, progress=False):
+            best = max(range(len(VERDICT_MARKS)), key=lambda i: (scores[i], -i))
+            detail = ", ".join(f"{mark}: {score:.4f}" for mark, score in zip(VERDICT_MARKS, scores, strict=True))
+            out.append(f"log-likelihood of each verdict ({detail})\n[[{VERDICT_MARKS[best]}]]")
+        return out
+
+    return judge
+
+
 def judge_pairs(items: list[dict], answers_a: dict[str, str], answers_b: dict[str, str], judge: GenerateFn,
                 template, batch_size: int = 8, progress: bool = True, cache: Optional[Path] = None,
                 judge_name: str = "judge") -> list[dict]:

@@ -72,7 +72,8 @@ def write_markdown(run: Path, scores: dict[str, Any], tables: dict[str, Any], me
     a, b = meta.get("model_a", "model A"), meta.get("model_b", "model B")
     out = [f"# Pairwise comparison: {a} (A) vs {b} (B)", "",
            "Outcomes are from A's side: win = A's answer is better.", ""]
-    titles = {"judge": f"LLM judge ({meta.get('judge', 'judge')}), both orders; inconsistent verdicts count as ties",
+    mode = ", verdict by likelihood" if meta.get("judge_mode") == "likelihood" else ""
+    titles = {"judge": f"LLM judge ({meta.get('judge', 'judge')}{mode}), both orders; inconsistent verdicts count as ties",
               "human": "Human annotation (answers shown anonymised, in random order)"}
     for source, table in tables.items():
         chart = outcome_chart(table, run / f"pairwise_{source}.png", f"{a} vs {b}: {source}")

@@ -104,6 +104,11 @@ def _compare_section(label: str, scores: dict[str, Any], folder: Path) -> list[s
         chart = outcome_chart(table, folder / f"report_{_slug(label)}_{source}.png", f"{label}: {source}")
         lines += [f"**{source}:** {rates_line(table['overall'])} (n = {table['overall']['n']})", "",
                   table_markdown(table), "", f"![{source}]({chart.name})", ""]
+    if "judge/unparsed" in scores:
+        judge = meta.get("judge", "judge") + (", verdict by likelihood" if meta.get("judge_mode") == "likelihood" else "")
+        lines += [f"Judge: {judge}. Outputs without a verdict: {scores['judge/unparsed']} of {2 * scores['judge/n']}; "
+                  f"pairs judged differently in the two orders: {scores['judge/inconsistent']} (both count as ties).",
+                  ""]
     if "agreement" in scores:
         lines += [f"Judge–human agreement: {scores['agreement']:.2f}% over {scores['agreement/n']} items "
                   f"(Cohen's κ = {scores['kappa']:.3f}).", ""]

@@ -135,3 +135,26 @@ def test_compare_cli_caches_answers_and_writes_report(tmp_path, monkeypatch):
     edited.write_text("Be brief.\n" + DEFAULT_TEMPLATE.read_text(encoding="utf-8"), encoding="utf-8")
     assert eval_cli.main(argv + ["--judge-template", str(edited)]) == 0
     assert calls == {"model-a": 8, "model-b": 8, "judge": 32}
+
+
+def test_likelihood_judge_reads_the_most_likely_mark_and_the_swap_catches_position_bias(tiny_lm, smol_tokenizer):
+    import math
+
+    from ember.evaluation.pairwise import likelihood_judge
+
+    from .conftest import FORCED_LOGIT, force_token
+
+    (two,) = smol_tokenizer("2", add_special_tokens=False)["input_ids"]
+    judge = likelihood_judge(force_token(tiny_lm, two), smol_tokenizer)  # a judge that always says "Answer 2"
+    (out,) = judge([[{"role": "user", "content": "Which answer is better?"}]])
+    assert out.endswith("\n[[2]]") and parse_verdict(out) == "2"
+    scores = dict(re.findall(r"(1|2|TIE): (-?[\d.]+)", out))
+    vocab = tiny_lm.lm_head.out_features
+    assert float(scores["2"]) == pytest.approx(FORCED_LOGIT - math.log(math.exp(FORCED_LOGIT) + vocab - 1), abs=1e-3)
+    assert float(scores["1"]) == pytest.approx(-math.log(math.exp(FORCED_LOGIT) + vocab - 1), abs=1e-3)
+
+    answers_a = {it["id"]: f"answer-a {it['id']}" for it in ITEMS}
+    answers_b = {it["id"]: f"answer-b {it['id']}" for it in ITEMS}
+    records = judge_pairs(ITEMS[:3], answers_a, answers_b, judge, load_template(), progress=False)
+    assert [r["verdicts"] for r in records] == [["2", "2"]] * 3  # always the second position ...
+    assert [r["outcome"] for r in records] == ["tie"] * 3  # ... so nothing counts

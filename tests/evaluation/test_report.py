@@ -25,10 +25,11 @@ def test_report_side_by_side(tmp_path):
                           "meta": {"kind": "gen"}}, [])
     cmp = tmp_path / "cmp"
     cmp.mkdir()
-    write_json(cmp / "compare.json", {"model_a": "tuned", "model_b": "base", "judge": "j"})
+    write_json(cmp / "compare.json", {"model_a": "tuned", "model_b": "base", "judge": "j", "judge_mode": "likelihood"})
+    verdicts = [["1", "2"], ["1", "2"], ["1", "1"], ["2", "1"]]
     (cmp / "judgements.jsonl").write_text("".join(
-        json.dumps({"id": str(i), "category": "qa", "outcome": o}) + "\n"
-        for i, o in enumerate(["win", "win", "tie", "loss"])), encoding="utf-8")
+        json.dumps({"id": str(i), "category": "qa", "outcome": o, "verdicts": v, "consistent": o != "tie"}) + "\n"
+        for i, (o, v) in enumerate(zip(["win", "win", "tie", "loss"], verdicts))), encoding="utf-8")
     summarize_pairwise(cmp)
     out = tmp_path / "report"
     argv = ["eval", "report", str(base), str(tuned), str(gen_base), str(gen_tuned), str(cmp), "--out", str(out)]
@@ -40,6 +41,8 @@ def test_report_side_by_side(tmp_path):
     assert "| cmmlu/STEM | 20.00 | 35.50 | +15.50 |" in md
     assert "| bleu-4 | 10.00 | 12.50 | +2.50 |" in md and "| n | 80 | 80 | +0 |" in md
     assert "**judge:** 50.00% win, 25.00% tie, 25.00% loss (n = 4)" in md
+    assert ("Judge: j, verdict by likelihood. Outputs without a verdict: 0 of 8; pairs judged differently in the two "
+            "orders: 1 (both count as ties).") in md
     for png in ("report_cmmlu.png", "report_generation.png", "report_cmp_judge.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
         assert f"]({png})" in md
