@@ -92,6 +92,10 @@ class Engine:
         for s in options.stop:
             if s in text:
                 text, finish = text[: text.index(s)], "stop"
+        if finish == "length":
+            from ember.inference.rows import without_unfinished_character
+
+            text = without_unfinished_character(text)
         return text, finish
 
     def generate_batch(self, conversations: Sequence[Sequence[Message | dict]], options: Optional[GenerationOptions] = None) -> list[Completion]:

@@ -22,7 +22,7 @@ import torch
 if TYPE_CHECKING:
     from ember.inference.engine import Completion, Engine, GenerationOptions
 
-_INCOMPLETE = "\ufffd"  # what decoding shows for a character whose UTF-8 bytes have not all arrived yet
+INCOMPLETE = "\ufffd"  # what decoding shows for a character whose UTF-8 bytes have not all arrived yet
 
 
 @dataclass
@@ -87,6 +87,11 @@ class _RowTracker:
                 row.on_text(piece)
 
 
+def without_unfinished_character(text: str) -> str:
+    """A length limit can fall inside a multi-byte character: drop its bytes rather than show U+FFFD."""
+    return text.rstrip(INCOMPLETE)
+
+
 def first_stop(text: str, stops: Sequence[str]) -> Optional[int]:
     hits = [text.index(s) for s in stops if s and s in text]
     return min(hits) if hits else None
@@ -95,8 +100,8 @@ def first_stop(text: str, stops: Sequence[str]) -> Optional[int]:
 def held_back(text: str, stops: Sequence[str]) -> int:
     """How many trailing characters must wait: an unfinished character, or the start of a stop string."""
     keep = 0
-    if text.endswith(_INCOMPLETE):
-        keep = len(text) - len(text.rstrip(_INCOMPLETE))
+    if text.endswith(INCOMPLETE):
+        keep = len(text) - len(text.rstrip(INCOMPLETE))
     for s in stops:
         for k in range(min(len(s) - 1, len(text)), 0, -1):
             if text.endswith(s[:k]):
@@ -137,6 +142,8 @@ def generate_rows(engine: "Engine", rows: Sequence[Row], options: "GenerationOpt
     for r in rows:
         if r.finish_reason is None:  # generate ended first (the batch's longest limit): this row ran out too
             r.finish_reason = "length"
+        if r.finish_reason == "length":
+            r.text = without_unfinished_character(r.text)
         if r.finish_reason != "cancelled":
             _RowTracker.emit(r, r.text)
         out.append(Completion(r.text, len(r.prompt), r.generated, r.finish_reason))

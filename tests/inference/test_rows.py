@@ -65,3 +65,25 @@ def test_cancel_stops_one_row_and_not_the_others(tiny_engine):
 def test_stream_with_beam_search_yields_the_beam_answer(tiny_engine):
     options = GenerationOptions(max_new_tokens=5, num_beams=2)
     assert list(tiny_engine.stream(conv("hi"), options)) == [tiny_engine.generate(conv("hi"), options).text]
+
+
+def test_a_length_limit_inside_a_character_drops_its_bytes(tiny_llm_dir):
+    """Forced to emit the first UTF-8 byte of 你 (E4) forever, the model never finishes a character: the answer is
+    empty, streamed or not, instead of U+FFFD."""
+    import torch
+
+    from ember.inference.engine import Engine
+
+    engine = Engine.load(tiny_llm_dir)
+    (byte_e4,) = [i for t, i in engine.tokenizer.get_vocab().items() if t == "ä"]  # byte-level BPE's name for 0xE4
+    assert engine.tokenizer.decode([byte_e4]) == "\ufffd"
+    head = engine.model.lm_head
+    with torch.no_grad():
+        engine.model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+        engine.model.lm_head.weight.zero_()
+        engine.model.lm_head.bias.zero_()
+        engine.model.lm_head.bias[byte_e4] = 10.0
+    options = GenerationOptions(max_new_tokens=2)
+    done = engine.generate(conv(PROMPTS[0]), options)
+    assert (done.text, done.finish_reason, done.completion_tokens) == ("", "length", 2)
+    assert "".join(engine.stream(conv(PROMPTS[0]), options)) == ""
