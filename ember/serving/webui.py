@@ -86,7 +86,8 @@ def build_ui(engine: Engine, defaults: Optional[GenerationOptions] = None, syste
             stop = gr.Button("Stop", elem_id="ember-stop")
             clear = gr.Button("Clear", elem_id="ember-clear")
         with gr.Accordion("System prompt and generation settings", open=False):
-            system_box = gr.Textbox(label="System prompt", value=system or "", lines=2, elem_id="ember-system")
+            system_box = gr.Textbox(label="System prompt", value=system or engine.default_system or "", lines=2,
+                                    elem_id="ember-system")  # the training run's data.system, shown and editable
             max_new = gr.Slider(1, 4096, value=defaults.max_new_tokens, step=1, label="Max new tokens")
             temperature = gr.Slider(0, 2, value=defaults.temperature if defaults.do_sample else 0, step=0.05,
                                     label="Temperature (0 = greedy)")
