@@ -162,14 +162,16 @@ def likelihood_judge(model, tokenizer, batch_size: int = 8) -> GenerateFn:
     """
     from ember.evaluation.scoring import Request, score_requests
 
+    chat = bool(getattr(tokenizer, "chat_template", None))
+
     def render(conversation: list[dict]) -> str:
-        if getattr(tokenizer, "chat_template", None):
+        if chat:
             return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return conversation[-1]["content"] + "\n"
 
     def judge(batch: list[list[dict]]) -> list[str]:
-        requests = [Request(render(conv) + "[[", VERDICT_MARKS, add_special_tokens=not getattr(
-            tokenizer, "chat_template", None)) for conv in batch]
+        # A rendered chat prompt holds its own special tokens; plain text gets the tokenizer's BOS.
+        requests = [Request(render(conv) + "[[", VERDICT_MARKS, add_special_tokens=not chat) for conv in batch]
         out = []
         for scores in score_requests(model, tokenizer, requests, batch_size=batch_size, progress=False):
             best = max(range(len(VERDICT_MARKS)), key=lambda i: (scores[i], -i))
