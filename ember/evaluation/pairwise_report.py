@@ -59,6 +59,17 @@ def summarize_pairwise(run: Path) -> dict[str, Any]:
     return scores
 
 
+def judge_label(meta: dict[str, Any]) -> str:
+    mode = ", verdict by likelihood" if meta.get("judge_mode") == "likelihood" else ""
+    return f"{meta.get('judge', 'judge')}{mode}"
+
+
+def judge_coverage(scores: dict[str, Any]) -> str:
+    """How much of the judge's work counted: a weak judge shows up here, not in the win rates."""
+    return (f"without a verdict: {scores['judge/unparsed']} of {2 * scores['judge/n']}; pairs judged differently in "
+            f"the two orders: {scores['judge/inconsistent']} (both count as ties).")
+
+
 def table_markdown(table: dict[str, dict[str, Any]]) -> str:
     lines = ["| category | win | tie | loss | n | win % | tie % | loss % |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in table.items():
@@ -72,17 +83,14 @@ def write_markdown(run: Path, scores: dict[str, Any], tables: dict[str, Any], me
     a, b = meta.get("model_a", "model A"), meta.get("model_b", "model B")
     out = [f"# Pairwise comparison: {a} (A) vs {b} (B)", "",
            "Outcomes are from A's side: win = A's answer is better.", ""]
-    mode = ", verdict by likelihood" if meta.get("judge_mode") == "likelihood" else ""
-    titles = {"judge": f"LLM judge ({meta.get('judge', 'judge')}{mode}), both orders; inconsistent verdicts count as ties",
+    titles = {"judge": f"LLM judge ({judge_label(meta)}), both orders; inconsistent verdicts count as ties",
               "human": "Human annotation (answers shown anonymised, in random order)"}
     for source, table in tables.items():
         chart = outcome_chart(table, run / f"pairwise_{source}.png", f"{a} vs {b}: {source}")
         out += [f"## {titles[source]}", "", f"**Overall:** {rates_line(table['overall'])} "
                 f"(n = {table['overall']['n']})", "", table_markdown(table), "", f"![{source}]({chart.name})", ""]
     if "judge/unparsed" in scores:
-        n_outputs = 2 * scores["judge/n"]
-        out += [f"Judge outputs without a verdict: {scores['judge/unparsed']} of {n_outputs}; pairs judged differently "
-                f"in the two orders: {scores['judge/inconsistent']} (both count as ties).", ""]
+        out += [f"Judge outputs {judge_coverage(scores)}", ""]
     if "agreement" in scores:
         out += ["## Judge–human agreement", "",
                 f"{scores['agreement']:.2f}% of {scores['agreement/n']} items agree (Cohen's κ = {scores['kappa']:.3f}).", ""]

@@ -15,7 +15,7 @@ from ember.errors import EmberError
 from ember.evaluation.charts import grouped_bars, outcome_chart
 from ember.evaluation.outputs import metrics_of, read_scores
 from ember.evaluation.pairwise import rates_line
-from ember.evaluation.pairwise_report import table_markdown
+from ember.evaluation.pairwise_report import judge_coverage, judge_label, table_markdown
 
 GEN_ORDER = ("bleu-4", "rouge-1", "rouge-2", "rouge-l", "exact_match", "choice_accuracy")
 
@@ -105,10 +105,7 @@ def _compare_section(label: str, scores: dict[str, Any], folder: Path) -> list[s
         lines += [f"**{source}:** {rates_line(table['overall'])} (n = {table['overall']['n']})", "",
                   table_markdown(table), "", f"![{source}]({chart.name})", ""]
     if "judge/unparsed" in scores:
-        judge = meta.get("judge", "judge") + (", verdict by likelihood" if meta.get("judge_mode") == "likelihood" else "")
-        lines += [f"Judge: {judge}. Outputs without a verdict: {scores['judge/unparsed']} of {2 * scores['judge/n']}; "
-                  f"pairs judged differently in the two orders: {scores['judge/inconsistent']} (both count as ties).",
-                  ""]
+        lines += [f"Judge: {judge_label(meta)}. Outputs {judge_coverage(scores)}", ""]
     if "agreement" in scores:
         lines += [f"Judge–human agreement: {scores['agreement']:.2f}% over {scores['agreement/n']} items "
                   f"(Cohen's κ = {scores['kappa']:.3f}).", ""]

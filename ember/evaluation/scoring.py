@@ -12,13 +12,13 @@ only the positions that predict continuation tokens go through the LM head (`log
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from ember.errors import EmberError
+from ember.models.forward import accepts_logits_to_keep
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,6 @@ def _rows(tokenizer, requests: Sequence[Request]) -> list[_Row]:
     return rows
 
 
-def _supports_logits_to_keep(model) -> bool:
-    # A peft wrapper forwards **kwargs to the model it wraps: ask that model.
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 @torch.no_grad()
 def score_requests(model, tokenizer, requests: Sequence[Request], batch_size: int = 8, progress: bool = True,
                    desc: str = "scoring") -> list[list[float]]:
@@ -81,7 +72,7 @@ def score_requests(model, tokenizer, requests: Sequence[Request], batch_size: in
     scores = [[0.0] * len(req.continuations) for req in requests]
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    keep = _supports_logits_to_keep(model)
+    keep = accepts_logits_to_keep(model)
     was_training = model.training
     model.eval()
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]

@@ -88,7 +88,7 @@ def _in_last_layers(model, targets: Any, last: Optional[int]) -> Any:
     """`targets` restricted to the last `last` decoder layers, as full module names (peft matches them exactly).
 
     Nothing below the lowest adapted layer needs a gradient, so autograd stops there: on a CPU, adapting the top 8
-    of SmolLM2's 30 layers made a step about 45% faster than adapting all of them.
+    of SmolLM2's 30 layers took 44% less time per step than adapting all of them (bench/train_throughput.py).
     """
     if last is None:
         return targets

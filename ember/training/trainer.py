@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from typing import Any, Optional
@@ -10,6 +9,7 @@ from typing import Any, Optional
 import torch
 from transformers import Trainer
 
+from ember.models.forward import accepts_logits_to_keep
 from ember.training.losses import trained_positions
 
 
@@ -30,10 +30,8 @@ class EmberTrainer(Trainer):
         return self._loss_fn(logits, labels, self._weights, num_items_in_batch, positions=self._positions)
 
     def _accepts_logits_to_keep(self, model) -> bool:
-        if self._keeps_logits is None:
-            net = self.accelerator.unwrap_model(model)
-            net = net.get_base_model() if hasattr(net, "get_base_model") else net
-            self._keeps_logits = "logits_to_keep" in inspect.signature(net.forward).parameters
+        if self._keeps_logits is None:  # asked once: the model does not change during a run
+            self._keeps_logits = accepts_logits_to_keep(self.accelerator.unwrap_model(model))
         return self._keeps_logits
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
