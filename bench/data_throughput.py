@@ -61,7 +61,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoTokenizer
 
-    from ember.data.build import prepare_data
+    from ember.training.prepare import prepare_data
     from ember.data.pipeline import load_records
     from ember.data.report import DataReport
     from ember.models.loading import resolve_source

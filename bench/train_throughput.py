@@ -95,7 +95,7 @@ def logits_child(repeats: int = 3) -> dict:
     """LoRA forward + backward on one packed batch of 4 samples: logits at trained positions vs at all positions."""
     import torch
 
-    from ember.data.build import prepare_data
+    from ember.training.prepare import prepare_data
     from ember.data.collate import PackedCollator
     from ember.models.adapters import apply_method
     from ember.models.loading import detect_family, load_model, load_tokenizer

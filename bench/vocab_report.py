@@ -12,7 +12,7 @@ real commands on that split, in order, and records them:
      a short budget (--steps x --batch blocks of --max-length tokens);
   3. the same run on the original SmolLM2 (same method, steps and block length), unless --no-base-pt;
 then measures bits per character on a slice of the held-out documents (every --eval-every'th) for the original model,
-the extended model before training, and the two trained ones (LoRA merged with `ember.models.export.merge`).
+the extended model before training, and the two trained ones (LoRA merged with `ember.export.merge.merge`).
 
     python bench/vocab_report.py                     # ~35 min on 2 shared CPU cores; writes bench/vocab_report.md
     python bench/vocab_report.py --reuse             # keep what runs/vocab-report already holds, re-measure
@@ -148,7 +148,7 @@ def measure(path: str, texts: list[str]) -> dict:
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from ember.models.export import merge
+    from ember.export.merge import merge
 
     torch.set_num_threads(2)
     merged = merge(path)  # a LoRA run is folded into its base; a plain model loads as chat loads it (fp32)

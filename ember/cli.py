@@ -20,7 +20,7 @@ def _load_run_config(args):
 
 
 def cmd_data_preview(args) -> int:
-    from ember.data.build import prepare_data
+    from ember.training.prepare import prepare_data
     from ember.data.preview import print_preview
 
     cfg = _load_run_config(args)
@@ -32,7 +32,7 @@ def cmd_data_preview(args) -> int:
 
 
 def cmd_data_export(args) -> int:
-    from ember.data.build import prepare_data
+    from ember.training.prepare import prepare_data
     from ember.data.preview import export_jsonl
 
     cfg = _load_run_config(args)
@@ -79,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Callable]:
-    """Command groups that live with their concern (training, serving, evaluation, vocab)."""
+    """Command groups that live with their concern (training, serving, export, evaluation, vocab)."""
     import importlib
 
     out = []
-    for module in ("ember.training.cli", "ember.inference.cli", "ember.serving.cli", "ember.evaluation.cli", "ember.vocab.cli"):
+    for module in ("ember.training.cli", "ember.inference.cli", "ember.serving.cli", "ember.export.cli", "ember.evaluation.cli", "ember.vocab.cli"):
         try:
             out.append(importlib.import_module(module).register)
         except ModuleNotFoundError as exc:

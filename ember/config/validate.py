@@ -95,7 +95,7 @@ def _check_hardware(cfg: EmberConfig) -> None:
     if train.fp16 and not has_cuda:
         raise ConfigError("train.fp16=true needs a CUDA GPU; on CPU use train.bf16=true (or leave it unset: auto)")
     if train.bf16:
-        from ember.models.precision import bf16_supported
+        from ember.core.hardware import bf16_supported
 
         if not bf16_supported():
             raise ConfigError("train.bf16=true but this machine does not support bfloat16; leave it unset (auto)")

@@ -19,7 +19,7 @@ from ember.config.loader import to_dict
 from ember.config.schema import DataConfig
 from ember.data.pipeline import ProcessedData, process
 from ember.data.render import Renderer, tokenizer_identity
-from ember.models.loading import cache_root, file_digest, file_lock
+from ember.core.paths import cache_root, file_digest, file_lock
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "1"  # bump when the processing code changes what it produces

@@ -10,7 +10,7 @@ from ember.config.loader import from_dict
 from ember.config.schema import ModelConfig
 from ember.data.render import Renderer
 from ember.errors import ConfigError
-from ember.training.artifacts import RUN_CONFIG, read_template_info
+from ember.core.artifacts import RUN_CONFIG, read_template_info
 
 
 @dataclass

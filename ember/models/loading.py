@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import importlib.util
 import logging
 import os
@@ -14,28 +11,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ember.config.schema import ModelConfig
+from ember.core.paths import cache_root, file_digest, file_lock
 from ember.errors import ConfigError
 from ember.models.registry import Family, family_for, families, named_models
 
 log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    root = Path(os.environ.get("EMBER_CACHE", Path.home() / ".cache" / "ember"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """Serialise a one-time job (GGUF conversion, dataset caching) across processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve_source(name_or_path: str) -> str:
@@ -64,14 +44,6 @@ def resolve_source(name_or_path: str) -> str:
         known = ", ".join(named_models())
         raise ConfigError(f"model '{name_or_path}' is not a local path, a hub id (org/name) or a known name ({known})")
     return name_or_path  # a hub id: transformers downloads it (needs network)
-
-
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gguf_to_dir(gguf: Path) -> str:
@@ -164,7 +136,7 @@ def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = N
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ember.models.precision import resolve_dtype
+    from ember.core.hardware import resolve_dtype
 
     dtype = dtype or resolve_dtype(cfg.dtype)
     config = load_config(cfg)

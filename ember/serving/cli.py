@@ -1,4 +1,4 @@
-"""`ember serve` (OpenAI-compatible API), `ember webui` (chat page) and `ember export` (merged HF / GGUF)."""
+"""`ember serve` (OpenAI-compatible API) and `ember webui` (chat page)."""
 
 from __future__ import annotations
 
@@ -46,15 +46,6 @@ def cmd_webui(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from ember.models.export import export
-
-    target = export(args.model, args.to, adapter=args.adapter, fmt=args.format, gguf_type=args.gguf_type,
-                    dtype=args.dtype)
-    print(f"wrote {target}")
-    return 0
-
-
 def register(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API (chat/completions, completions, models)")
     _add_model(p)
@@ -78,13 +69,3 @@ def register(sub) -> None:
     p.add_argument("--history-max-tokens", type=int, default=2048, help="prompt budget; oldest turns are dropped first")
     add_generation_options(p)
     p.set_defaults(func=cmd_webui)
-
-    p = sub.add_parser("export", help="merge a LoRA adapter into its base; save a HF directory or a GGUF file")
-    _add_model(p, required=True)
-    p.add_argument("--to", required=True, help="output directory (hf), or .gguf file / directory (gguf)")
-    p.add_argument("--format", choices=("hf", "gguf"), default="hf")
-    p.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
-                   help="tensor type of 2-D weights in the GGUF (norms stay f32)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="weight dtype of the merged HF directory")
-    p.set_defaults(func=cmd_export)

@@ -10,7 +10,7 @@ import torch
 
 from ember.config.schema import EmberConfig
 from ember.errors import ConfigError
-from ember.models.precision import bf16_supported
+from ember.core.hardware import bf16_supported
 
 _NOT_PASSED = {"extra", "resume_from_checkpoint", "bf16", "use_cpu", "gradient_checkpointing", "report_to", "warmup_ratio",
                "warmup_steps", "group_by_length"}

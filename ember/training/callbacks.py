@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ember.training.artifacts import write_metadata
+from ember.core.artifacts import write_metadata
 
 
 class LossPlotCallback(TrainerCallback):

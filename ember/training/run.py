@@ -13,7 +13,7 @@ from typing import Any, Optional
 from ember.config import dump_yaml, validate
 from ember.config.schema import EmberConfig
 from ember.errors import ConfigError
-from ember.training.artifacts import DATA_REPORT, write_metadata
+from ember.core.artifacts import DATA_REPORT, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     import torch
     from transformers import set_seed
 
-    from ember.data.build import prepare_data
+    from ember.training.prepare import prepare_data
     from ember.data.collate import EncodedDataset
     from ember.models.adapters import apply_method, describe_parameters, parameter_counts, quantization_config
     from ember.models.loading import detect_family, load_model
-    from ember.models.precision import resolve_dtype
+    from ember.core.hardware import resolve_dtype
     from ember.training.arguments import training_arguments
     from ember.training.callbacks import LossPlotCallback, MetadataCallback
     from ember.training.stages import STAGES

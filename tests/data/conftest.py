@@ -76,7 +76,7 @@ def tokenizer_copy(smol_tokenizer):
 @pytest.fixture
 def prepare(smol_tokenizer):
     """prepare(cfg, tokenizer=None) -> PreparedData, with the shared SmolLM2 tokenizer by default."""
-    from ember.data.build import prepare_data
+    from ember.training.prepare import prepare_data
 
     def run(cfg, tokenizer=None):
         if tokenizer is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ember.data.build import prepare_data
+from ember.training.prepare import prepare_data
 from ember.data.conversation import Message
 from ember.data.render import IGNORE_INDEX
 from ember.inference.engine import Engine

@@ -24,7 +24,7 @@ def nothing_loads(monkeypatch):
 
     monkeypatch.setattr("ember.models.loading.load_model", forbidden)
     monkeypatch.setattr("ember.models.loading.load_tokenizer", forbidden)
-    monkeypatch.setattr("ember.data.build.prepare_data", forbidden)
+    monkeypatch.setattr("ember.training.prepare.prepare_data", forbidden)
 
 
 def test_unknown_keys_name_the_closest_valid_one(tmp_path):

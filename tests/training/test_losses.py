@@ -110,7 +110,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_batch_8_equals_batch_2_times_accumulation_4(tiny_run_config, tmp_path):
     """Same 8 samples of different lengths: one batch of 8 vs 4 accumulated micro-batches of 2 (fp32, full FT)."""
-    from ember.data.build import prepare_data
+    from ember.training.prepare import prepare_data
 
     cfg = tiny_run_config()
     samples = prepare_data(cfg, progress=False).data.train
@@ -168,7 +168,7 @@ class LmHeadWidths(TrainerCallback):
 def test_training_projects_only_trained_positions_and_the_gradients_match(tiny_run_config, tmp_path):
     """The trainer passes `logits_to_keep`: the lm_head sees only trained positions, and the step's gradients equal
     those of the full-logits loss computed by hand on the same 8 samples from the same initial weights."""
-    from ember.data.build import prepare_data
+    from ember.training.prepare import prepare_data
     from ember.models.loading import load_model, load_tokenizer
 
     cfg = tiny_run_config("method.type=full", "train.optim=sgd", "train.learning_rate=1.0", "train.max_grad_norm=0",

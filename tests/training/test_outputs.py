@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from ember.config import dump_yaml, load_config
-from ember.training.artifacts import RUN_CONFIG, TEMPLATE_INFO
+from ember.core.artifacts import RUN_CONFIG, TEMPLATE_INFO
 from ember.training.run import train
 
 from .helpers import logged_losses, saved_tensors

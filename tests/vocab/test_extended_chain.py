@@ -156,7 +156,7 @@ def test_merge_and_export_keep_the_extended_vocabulary(chain, trained, tmp_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ember.inference.loading import load_for_inference
-    from ember.models.export import export, merge
+    from ember.export.merge import export, merge
 
     out = str(trained[0])
     loaded = load_for_inference(out, dtype="float32")

@@ -107,7 +107,7 @@ def test_extended_vocabulary_survives_the_merge(base_dir, extended_adapter_dir, 
 
 def test_export_never_overwrites(base_dir, tmp_path):
     from ember.errors import ConfigError
-    from ember.models.export import export
+    from ember.export.merge import export
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("keep")

@@ -38,7 +38,7 @@ class Merged:
 def merge(model: str, adapter: Optional[str] = None) -> Merged:
     """Load `model` (+ `adapter`, or the adapter inside an Ember output dir) and fold LoRA into the weights."""
     from ember.inference.loading import load_for_inference
-    from ember.training.artifacts import read_template_info
+    from ember.core.artifacts import read_template_info
 
     loaded = load_for_inference(model, adapter, dtype="float32")
     net = loaded.model
@@ -101,7 +101,7 @@ def save_merged(merged: Merged, to: Path, dtype: str = "float32") -> Path:
 def export(model: str, to: str, adapter: Optional[str] = None, fmt: str = "hf", gguf_type: str = "f16",
            dtype: str = "float32") -> Path:
     """`ember export`: returns the directory (hf) or file (gguf) written."""
-    from ember.models.gguf_export import write_gguf
+    from ember.export.gguf import write_gguf
 
     if fmt not in ("hf", "gguf"):
         raise ConfigError(f"--format {fmt!r}: choose hf (a merged transformers directory) or gguf")

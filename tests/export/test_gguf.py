@@ -38,7 +38,7 @@ def merged(base_dir, adapter_dir, tmp_path_factory):
 
 
 def test_q_and_k_rows_are_reordered_from_halves_to_pairs():
-    from ember.models.gguf_export import halves_to_pairs
+    from ember.export.gguf import halves_to_pairs
 
     rows = torch.arange(8.0).reshape(8, 1)  # 2 heads of dim 4: halves (0,1 | 2,3) and (4,5 | 6,7)
     assert halves_to_pairs(rows, heads=2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
@@ -152,7 +152,7 @@ def test_gguf_export_refuses_other_architectures():
     from types import SimpleNamespace
 
     from ember.errors import ConfigError
-    from ember.models.gguf_export import _check_supported
+    from ember.export.gguf import _check_supported
 
     with pytest.raises(ConfigError, match="supports the llama architecture.*'qwen2'.*--format hf"):
         _check_supported(SimpleNamespace(model_type="qwen2"))

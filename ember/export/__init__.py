@@ -1,0 +1,1 @@
+"""`ember export`: merge a run into a standalone model directory, or write a GGUF file."""
