@@ -1,9 +1,9 @@
 """The one renderer: a conversation → (input_ids, labels) for training, and → prompt ids for generation.
 
-Supervised spans are found by rendering prefixes of the conversation with the chat template: the text added
-between "everything before assistant turn k, plus the generation prompt" and "everything through turn k" is that
-turn's answer. A template whose earlier text changes when a turn is appended is not prefix-stable: we raise
-rather than mislabel.
+An answer's supervised span is the text added between "everything before assistant turn k, plus the generation
+prompt" and "everything through turn k". A template whose earlier text changes when a turn is appended is not
+prefix-stable: we raise rather than mislabel. `ember.data.layout` finds those spans from one extra rendering per
+conversation (linear time); `exact_spans` renders the prefixes themselves and is the reference it is checked against.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from ember.data.conversation import Conversation, Message
+from ember.data.layout import SpanLayout, build_skeleton, log as layout_log, sentinel
 from ember.data.tokenize import holds_added_token, tokenize_with_offsets
 from ember.errors import ConfigError, DataError
 
@@ -37,6 +38,8 @@ class Encoded:
     turns_dropped: int = 0
     truncated: bool = False
     warnings: list[str] = field(default_factory=list)
+    # (message index, first token, end token) of every assistant answer's span; truncation cuts at these boundaries
+    answers: Optional[list[tuple[int, int, int]]] = field(default=None, repr=False, compare=False)
 
     @property
     def trained_tokens(self) -> int:
@@ -65,6 +68,8 @@ class Renderer:
         self.stop_token_ids = self._stop_ids(self.stop_strings)
         self._tools_native = "tool_calls" in self.source
         self._tool_role_native = "'tool'" in self.source or '"tool"' in self.source
+        self.layout = SpanLayout()
+        self.render_calls = 0  # template renders so far (tests pin the per-conversation cost with it)
 
     # -- identity ---------------------------------------------------------------------------------------------
     @property
@@ -107,9 +112,13 @@ class Renderer:
         return out
 
     def render_text(self, messages: Sequence[Message], add_generation_prompt: bool = False, tools=None) -> str:
+        return self._render(self.template_messages(messages), add_generation_prompt, tools)
+
+    def _render(self, template_messages: list[dict[str, Any]], add_generation_prompt: bool = False, tools=None) -> str:
+        self.render_calls += 1
         try:
             return self.tokenizer.apply_chat_template(
-                self.template_messages(messages),
+                template_messages,
                 tools=tools,
                 chat_template=self.source,
                 tokenize=False,
@@ -162,20 +171,59 @@ class Renderer:
 
     # -- labels -----------------------------------------------------------------------------------------------
     def assistant_spans(self, conv: Conversation, text: str) -> list[tuple[int, int, int]]:
-        """(message index, start, end) character spans of each assistant turn in the full rendering `text`."""
-        msgs, spans = conv.messages, []
-        for i, m in enumerate(msgs):
-            if m.role != "assistant":
+        """(message index, start, end) character spans of each assistant turn in the full rendering `text`.
+
+        Equal to `exact_spans`, in time linear in the conversation (see `ember.data.layout`)."""
+        msgs = conv.messages
+        answers = [i for i, m in enumerate(msgs) if m.role == "assistant"]
+        if not answers:
+            return []
+        layout = self.layout
+        skeleton = None
+        if not layout.exact_only and (len(answers) > 1 or answers[0] != len(msgs) - 1):
+            dicts = self.template_messages(msgs)
+            contents = [d.get("content") if isinstance(d.get("content"), str) else None for d in dicts]
+            if all(c is not None for c in contents):
+                marked = [{**d, "content": sentinel(k)} for k, d in enumerate(dicts)]
+                skeleton = build_skeleton(self._render(marked, False, conv.tools), contents, text)
+        if skeleton is None:  # one final answer (one prefix render is all it takes), or contents the template alters
+            return self.exact_spans(conv, text)
+        roles = [m.role for m in msgs]
+        calls = [bool(m.tool_calls) for m in msgs]
+        auditing = layout.audits_left > 0
+        if auditing:
+            layout.audits_left -= 1
+        spans = []
+        for i in answers:
+            last = i == len(msgs) - 1
+            placed = layout.place(skeleton, roles, calls, i, last)
+            if placed is not None and not auditing:
+                spans.append((i, *placed))
                 continue
-            before = self.render_text(msgs[:i], add_generation_prompt=True, tools=conv.tools)
-            through = text if i == len(msgs) - 1 else self.render_text(msgs[: i + 1], tools=conv.tools)
-            if not (text.startswith(through) and through.startswith(before)):
-                raise TemplateError(
-                    f"chat template '{self.name}' is not prefix-stable (rendering turn {i + 1} changes earlier text, "
-                    f"{conv.source}); labels would be wrong. Use a shipped template (data.template) instead"
-                )
-            spans.append((i, len(before), len(through)))
+            exact = self._exact_span(conv, text, i)
+            if placed is not None and placed != exact[1:]:
+                layout.exact_only = True  # the template's glue varies with position: never guess again
+                layout_log.warning("chat template '%s': answer spans depend on their position (%s); rendering every "
+                                   "prefix from now on (exact, slower)", self.name, conv.source)
+            elif placed is None:
+                layout.learn(skeleton, roles, calls, i, last, *exact[1:])
+            spans.append(exact)
         return spans
+
+    def exact_spans(self, conv: Conversation, text: str) -> list[tuple[int, int, int]]:
+        """The definition: render each answer's prefixes (O(turns²)); the reference `assistant_spans` equals."""
+        return [self._exact_span(conv, text, i) for i, m in enumerate(conv.messages) if m.role == "assistant"]
+
+    def _exact_span(self, conv: Conversation, text: str, i: int) -> tuple[int, int, int]:
+        msgs = conv.messages
+        before = self.render_text(msgs[:i], add_generation_prompt=True, tools=conv.tools)
+        through = text if i == len(msgs) - 1 else self.render_text(msgs[: i + 1], tools=conv.tools)
+        if not (text.startswith(through) and through.startswith(before)):
+            raise TemplateError(
+                f"chat template '{self.name}' is not prefix-stable (rendering turn {i + 1} changes earlier text, "
+                f"{conv.source}); labels would be wrong. Use a shipped template (data.template) instead"
+            )
+        return i, len(before), len(through)
 
     def encode(self, conv: Conversation, mask: str = "all_assistant") -> Encoded:
         return self.encode_batch([conv], mask)[0]
@@ -203,6 +251,7 @@ class Renderer:
             if all(m.train is not False and m.weight == 1 for m in conv.messages if m.role == "assistant"):
                 return enc  # nothing to carve out: skip rendering prefixes
         spans = self.assistant_spans(conv, text)
+        enc.answers = []
         last = spans[-1][0] if spans else -1
         # Tokens cover the text in order, so starts (and ends) never decrease: find each span by bisection
         # rather than scanning every token per turn (quadratic on long conversations, and truncation re-encodes).
@@ -216,7 +265,9 @@ class Renderer:
                 # A token that merges the end of the role header with the start of the answer (e.g. "Assistant: " +
                 # "Red" → " Red") is the answer's first token: train it, or the answer's start is never learned.
                 first -= 1
-            tokens = list(range(first, bisect.bisect_left(starts, end)))
+            stop = bisect.bisect_left(starts, end)
+            enc.answers.append((index, first, stop))
+            tokens = list(range(first, stop))
             stops = [t for t in tokens if ids[t] in self.stop_token_ids]
             if stops:
                 tokens = [t for t in tokens if t <= stops[-1]]

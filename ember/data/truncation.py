@@ -1,41 +1,76 @@
-"""Make an encoded sample fit `max_length`.
+"""Make an encoded conversation fit `max_length`, and count every answer token that does not make it.
 
-`turns` (default) works on the conversation: drop the oldest whole user→assistant rounds (the system prompt stays),
-then cut the last user message from the left; the final answer is never cut, so it keeps its end-of-turn token.
-A sample whose final answer alone does not fit is dropped. `left` / `right` cut tokens; `drop` drops long samples.
+`split` (the SFT default): a long conversation becomes several samples cut at round boundaries. Each sample trains a
+run of consecutive rounds and is filled, as far as fits, with the rounds before them as untrained context (the
+system prompt always stays), so every answer is trained exactly once. A round that does not fit even alone has its
+question cut from the left and then its answer cut from the right (counted as "answer cut").
+`turns`: one sample: drop the oldest whole user→assistant rounds (the system prompt stays), then cut the last user
+message from the left; the final answer is never cut, so it keeps its end-of-turn token. A sample whose final answer
+alone does not fit is dropped. `left` / `right` cut tokens; `drop` drops long samples.
+
+Every candidate sample is a real rendering of a shorter message list, so its prompt ids are the ones serving builds.
+Which rounds to keep is guessed from the token boundaries of the full encoding and then checked by encoding, so a
+conversation of R rounds costs a few encodings, not one per dropped round.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ember.data.conversation import Conversation, Message
 from ember.data.render import IGNORE_INDEX, Encoded, Renderer
 
+# Reasons an answer token is not trained; the data report counts lost tokens by these names.
+LOST_ROUNDS = "rounds dropped (truncation: turns)"
+LOST_CUT = "answer cut to max_length"
+LOST_TOO_LONG = "sample dropped: longer than max_length"
+LOST_TOKEN_CUT = "cut by truncation: left/right"
+
+
+@dataclass
+class Fitted:
+    """What one conversation became: zero or more samples, and the answer tokens they lost."""
+
+    samples: list[Encoded]
+    answer_tokens: int
+    lost: dict[str, int] = field(default_factory=dict)
+
 
 def fit(renderer: Renderer, conv: Conversation, enc: Encoded, mode: str, max_length: int, mask: str) -> Optional[Encoded]:
-    """Return `enc` or a shortened version of it; None means the sample cannot fit and is dropped."""
+    """One-sample modes (`turns`, `left`, `right`, `drop`): `enc` or a shortened version of it; None = dropped."""
+    samples = fit_samples(renderer, conv, enc, mode, max_length, mask).samples
+    assert len(samples) <= 1 or mode == "split"
+    return samples[0] if samples else None
+
+
+def fit_samples(renderer: Renderer, conv: Conversation, enc: Encoded, mode: str, max_length: int, mask: str) -> Fitted:
+    total = enc.trained_tokens
     if len(enc.input_ids) <= max_length:
-        return enc
+        return Fitted([enc], total)
     if mode == "drop":
-        return None
-    if mode == "right":
-        return _cut(enc, slice(0, max_length))
-    if mode == "left":
-        return _cut(enc, slice(len(enc.input_ids) - max_length, None))
-    return _fit_turns(renderer, conv, max_length, mask)
+        out = []
+    elif mode == "right":
+        out = [_cut(enc, slice(0, max_length))]
+    elif mode == "left":
+        out = [_cut(enc, slice(len(enc.input_ids) - max_length, None))]
+    elif mode == "split" and mask == "all_assistant":
+        return _Rounds(renderer, conv, enc, max_length, mask).split()
+    else:  # turns (and split for the mask modes that train one answer, or every token, per conversation)
+        kept = _Rounds(renderer, conv, enc, max_length, mask).turns()
+        out = [kept] if kept is not None else []
+    kept_tokens = sum(s.trained_tokens for s in out)
+    reason = {"drop": LOST_TOO_LONG, "right": LOST_TOKEN_CUT, "left": LOST_TOKEN_CUT}.get(mode, LOST_ROUNDS)
+    if not out:
+        reason = LOST_TOO_LONG
+    return Fitted(out, total, {reason: total - kept_tokens} if total > kept_tokens else {})
 
 
 def _cut(enc: Encoded, part: slice) -> Encoded:
-    return Encoded(
-        enc.input_ids[part],
-        enc.labels[part],
-        enc.source,
-        enc.weights[part] if enc.weights else None,
-        enc.turns_dropped,
-        True,
-        list(enc.warnings),
-    )
+    return Encoded(enc.input_ids[part], enc.labels[part], enc.source, enc.weights[part] if enc.weights else None,
+                   enc.turns_dropped, True, list(enc.warnings))
 
 
 def _rounds(messages: list[Message]) -> list[list[Message]]:
@@ -49,60 +84,183 @@ def _rounds(messages: list[Message]) -> list[list[Message]]:
     return rounds
 
 
-def _fit_turns(renderer: Renderer, conv: Conversation, max_length: int, mask: str) -> Optional[Encoded]:
-    system = conv.messages[:1] if conv.system is not None else []
-    rounds = _rounds(conv.messages[len(system):])
-    dropped = 0
-
-    def build(msgs: list[Message]) -> Encoded:
-        return renderer.encode(Conversation(msgs, conv.source, conv.tools, conv.meta), mask)
-
-    def keep_from(k: int) -> Encoded:
-        return build(system + [m for r in rounds[k:] for m in r])
-
-    # Binary search for the fewest oldest rounds to drop (dropping more never makes the rendering longer), so a
-    # long conversation costs O(log rounds) re-encodes instead of one per dropped round.
-    fitted: dict[int, Encoded] = {}
-    lo, hi = 0, len(rounds) - 1  # dropping lo rounds does not fit (the full sample didn't); hi is the last resort
-    if hi > 0:
-        enc = keep_from(hi)
-        if len(enc.input_ids) <= max_length:
-            fitted[hi] = enc
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                enc = keep_from(mid)
-                if len(enc.input_ids) <= max_length:
-                    hi, fitted[mid] = mid, enc
-                else:
-                    lo = mid
-            enc = fitted[hi]
-            enc.turns_dropped = sum(1 for r in rounds[:hi] for m in r if m.role == "assistant")
-            enc.truncated = True
-            return enc
-    dropped = sum(1 for r in rounds[:-1] for m in r if m.role == "assistant")
-    rounds = rounds[-1:]
-
-    last = rounds[0]
-    user, rest = last[0], last[1:]
-    if user.role != "user":
+def _smallest(lo: int, hi: int, guess: int, ok: Callable[[int], bool]) -> Optional[int]:
+    """The smallest k in (lo, hi] with ok(k), for ok monotone (False … False True … True); None if not ok(hi).
+    Starts at `guess` and gallops, so a good guess costs two calls."""
+    if hi <= lo:
         return None
-
-    def with_user_suffix(keep: int) -> Encoded:
-        text = user.content[len(user.content) - keep:] if keep else ""
-        return build(system + [Message("user", text, user.train, user.weight)] + rest)
-
-    if len(with_user_suffix(0).input_ids) > max_length:
-        return None  # the final answer alone does not fit
-    lo, hi = 0, len(user.content)  # largest suffix length that fits: lo fits, hi does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if len(with_user_suffix(mid).input_ids) <= max_length:
-            lo = mid
+    k = min(max(guess, lo + 1), hi)
+    if ok(k):
+        good, bad, step = k, lo, 1
+        while good - step > lo:
+            if not ok(good - step):
+                bad = good - step
+                break
+            good, step = good - step, step * 2
+    else:
+        bad, step = k, 1
+        while True:
+            probe = min(hi, bad + step)
+            if ok(probe):
+                good = probe
+                break
+            if probe == hi:
+                return None
+            bad, step = probe, step * 2
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        if ok(mid):
+            good = mid
         else:
-            hi = mid
-    enc = with_user_suffix(lo)
-    enc.turns_dropped, enc.truncated = dropped, True
-    return enc
+            bad = mid
+    return good
+
+
+class _Rounds:
+    """A conversation seen as [system] + rounds, with token estimates of every round boundary."""
+
+    def __init__(self, renderer: Renderer, conv: Conversation, enc: Encoded, max_length: int, mask: str):
+        self.renderer, self.conv, self.enc, self.max_length, self.mask = renderer, conv, enc, max_length, mask
+        self.system = conv.messages[:1] if conv.system is not None else []
+        self.rounds = _rounds(conv.messages[len(self.system):])
+        self.bounds = self._boundaries()
+        self._encoded: dict[tuple, Encoded] = {}
+
+    def _boundaries(self) -> list[int]:
+        """Estimated first token of each round (and the total length at the end), from the full encoding."""
+        answers = self.enc.answers
+        if answers is None:  # mask `all` skipped span finding; truncation needs it
+            text = self.renderer.render_text(self.conv.messages, tools=self.conv.tools)
+            _, offsets = self.renderer.tokenize(self.conv.messages, text, tools=self.conv.tools)
+            starts = [s for s, _ in offsets]
+            answers = [(i, bisect.bisect_left(starts, s), bisect.bisect_left(starts, e))
+                       for i, s, e in self.renderer.assistant_spans(self.conv, text)]
+        end_of = {index: end for index, _, end in answers}
+        n = len(self.enc.input_ids)
+        bounds = [0] * (len(self.rounds) + 1)
+        position = len(self.system)
+        for r, messages in enumerate(self.rounds):
+            position += len(messages)
+            ends = [end_of[i] for i in range(position - len(messages), position) if i in end_of]
+            bounds[r + 1] = ends[-1] if ends else bounds[r]
+        bounds[-1] = n
+        if self.system:  # round 0 starts after the system block; its length is a small, once-per-conversation cost
+            bounds[0] = len(self.renderer.encode(Conversation(self.system, self.conv.source), "all").input_ids)
+            bounds[0] = min(bounds[0], bounds[1])
+        return bounds
+
+    def estimate(self, first: int, last: int) -> int:
+        """Tokens of [system] + rounds first..last, from the full encoding's boundaries."""
+        return self.bounds[0] + self.bounds[last + 1] - self.bounds[first]
+
+    def window(self, first: int, last: int, trained_from: Optional[int] = None, user_keep: Optional[int] = None) -> Encoded:
+        """Encode [system] + rounds first..last; answers before round `trained_from` are untrained context;
+        `user_keep` keeps only that many trailing characters of round `first`'s user message."""
+        key = (first, last, trained_from, user_keep)
+        if key not in self._encoded:
+            messages = list(self.system)
+            for r in range(first, last + 1):
+                for m in self.rounds[r]:
+                    if trained_from is not None and r < trained_from and m.role == "assistant":
+                        m = replace(m, train=False)
+                    if r == first and user_keep is not None and m.role == "user":
+                        m = replace(m, content=m.content[len(m.content) - user_keep:] if user_keep else "")
+                    messages.append(m)
+            conv = Conversation(messages, self.conv.source, self.conv.tools, self.conv.meta)
+            self._encoded[key] = self.renderer.encode(conv, self.mask)
+        return self._encoded[key]
+
+    def fits(self, enc: Encoded) -> bool:
+        return len(enc.input_ids) <= self.max_length
+
+    def _dropped_answers(self, first: int) -> int:
+        return sum(1 for r in self.rounds[:first] for m in r if m.role == "assistant")
+
+    # -- truncation: turns -----------------------------------------------------------------------------------
+    def turns(self) -> Optional[Encoded]:
+        last = len(self.rounds) - 1
+        guess = next((k for k in range(1, last + 1) if self.estimate(k, last) <= self.max_length), last)
+        first = _smallest(0, last, guess, lambda k: self.fits(self.window(k, last)))
+        if first is not None:
+            enc = self.window(first, last)
+        else:
+            enc = self._cut_question(last, None)
+            if enc is None:
+                return None
+            first = last
+        return replace(enc, turns_dropped=self._dropped_answers(first), truncated=True)
+
+    def _cut_question(self, index: int, trained_from: Optional[int]) -> Optional[Encoded]:
+        """Round `index` alone with its user message cut from the left as little as fits; None if even an empty
+        question does not fit."""
+        user = self.rounds[index][0]
+        if user.role != "user" or not self.fits(self.window(index, index, trained_from, 0)):
+            return None
+        size = len(user.content)
+        whole = self.window(index, index, trained_from)
+        over = len(whole.input_ids) - self.max_length  # tokens to lose, at the question's characters per token
+        guess = 1 + over * size // max(1, self._answer_start(whole))
+        cut = _smallest(0, size, guess, lambda k: self.fits(self.window(index, index, trained_from, size - k)))
+        return self.window(index, index, trained_from, size - cut)
+
+    # -- truncation: split -----------------------------------------------------------------------------------
+    def split(self) -> Fitted:
+        total = self.enc.trained_tokens
+        end = max((r for r, messages in enumerate(self.rounds) if any(m.role == "assistant" for m in messages)),
+                  default=-1) + 1  # trailing rounds without an answer train nothing
+        samples: list[Encoded] = []
+        lost = 0
+        start = 0
+        while start < end:
+            # The most rounds from `start` on that fit together (k rounds back from the end of the range).
+            span = end - start
+            guess = next((k for k in range(span, 0, -1) if self.estimate(start, start + k - 1) <= self.max_length), 1)
+            fewest_dropped = _smallest(-1, span - 1, span - guess,
+                                       lambda d: self.fits(self.window(start, start + span - 1 - d, start)))
+            if fewest_dropped is None:  # the round does not fit even alone: cut its question, then its answer
+                sample, answer_lost = self._squeeze(start)
+                lost += answer_lost
+                if sample is not None:
+                    samples.append(sample)
+                start += 1
+                continue
+            last = start + span - 1 - fewest_dropped
+            # Then as much earlier context as fits in front of it.
+            guess = next((c for c in range(0, start + 1) if self.estimate(c, last) <= self.max_length), start)
+            first = _smallest(-1, start, guess, lambda c: self.fits(self.window(c, last, start)))
+            sample = self.window(first if first is not None else start, last, start)
+            if sample.trained_tokens:
+                samples.append(replace(sample, truncated=True, turns_dropped=0))
+            start = last + 1
+        kept = sum(s.trained_tokens for s in samples)
+        lost_counts = {LOST_CUT: lost} if lost else {}
+        if total - kept - lost > 0:  # a boundary token that tokenised differently once the text was cut
+            lost_counts[LOST_ROUNDS] = total - kept - lost
+        return Fitted(samples, total, lost_counts)
+
+    def _squeeze(self, index: int) -> tuple[Optional[Encoded], int]:
+        """Round `index` alone: the question cut from the left to at most half the length, the rest cut from the
+        right (the answer's end is lost, so it has no end-of-turn token). Returns the sample and the answer tokens
+        it lost."""
+        alone = self.window(index, index, index)
+        whole = alone.trained_tokens
+        user = self.rounds[index][0]
+        first_answer = min((first for _, first, _ in alone.answers or []), default=0)
+        budget = self.max_length // 2
+        if first_answer > budget and user.role == "user":
+            size = len(user.content)
+            guess = 1 + (first_answer - budget) * size // first_answer
+            cut = _smallest(0, size, guess,
+                            lambda k: self._answer_start(self.window(index, index, index, size - k)) <= budget)
+            alone = self.window(index, index, index, size - cut if cut is not None else 0)
+        sample = _cut(alone, slice(0, self.max_length))
+        if sample.trained_tokens == 0:
+            return None, whole
+        return replace(sample, turns_dropped=0), max(whole - sample.trained_tokens, 0)
+
+    @staticmethod
+    def _answer_start(enc: Encoded) -> int:
+        return min((first for _, first, _ in enc.answers or []), default=len(enc.input_ids))
 
 
 def has_trained(enc: Encoded) -> bool:
