@@ -78,6 +78,8 @@ def save_merged(merged: Merged, to: Path, dtype: str = "float32") -> Path:
     """A standalone HF directory: weights, config, generation config, tokenizer with its chat template."""
     import torch
 
+    from ember.export.portable import make_portable
+
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     to = Path(to)
@@ -88,6 +90,7 @@ def save_merged(merged: Merged, to: Path, dtype: str = "float32") -> Path:
     model.config.use_cache = True  # training runs switch it off; generation wants it
     model.save_pretrained(to)
     merged.tokenizer.save_pretrained(to)
+    make_portable(to, merged.tokenizer)  # transformers 4.45+ reads it as 5.x does
     if merged.template_info is not None:
         (to / "ember_template.json").write_text(json.dumps(merged.template_info, indent=2, ensure_ascii=False),
                                                 encoding="utf-8")

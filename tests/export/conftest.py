@@ -32,12 +32,12 @@ def small_tokenizer():
     return tok
 
 
-def tiny_llama(vocab: int, tied: bool = True):
+def tiny_llama(vocab: int, tied: bool = True, rope_theta: float = 10000.0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, max_position_embeddings=256, initializer_range=0.3, tie_word_embeddings=tied,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, rope_theta=10000.0, **TINY)
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, rope_theta=rope_theta, **TINY)
     return LlamaForCausalLM(config)
 
 
