@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import IO, Optional
 
 from ember.data.conversation import Message
-from ember.inference.engine import Engine, GenerationOptions
+from ember.inference.completion import GenerationOptions
+from ember.inference.engine import Engine
 
 
 @dataclass

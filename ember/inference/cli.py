@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ember.inference.engine import GenerationOptions
+from ember.inference.completion import GenerationOptions
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:

@@ -1,38 +1,25 @@
-"""The generation engine behind chat, serve and eval: prompt ids from the training renderer, HF `generate`."""
+"""The generation engine behind chat, serve and eval: prompt ids from the training renderer, one decoding loop.
+
+Greedy and sampled generation go through `ember.inference.decoder` (batch and stream are two views of it); beam
+search, which keeps several candidates per row, is a thin call to transformers' `generate`.
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
 
 from ember.data.conversation import Message
+from ember.inference.completion import Completion, GenerationOptions, Row, first_stop, without_unfinished_character
+from ember.inference.decoder import Decoder, run_rows
 from ember.inference.loading import LoadedModel, load_for_inference
 
-
-@dataclass
-class GenerationOptions:
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    repetition_penalty: float = 1.0
-    num_beams: int = 1
-    stop: list[str] = field(default_factory=list)
-    seed: Optional[int] = None
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" or "length"
+__all__ = ["Completion", "Engine", "GenerationOptions", "as_messages", "load_generate_fn", "with_overrides"]
 
 
 def as_messages(messages: Sequence[Message | dict]) -> list[Message]:
@@ -66,57 +53,53 @@ class Engine:
     def prompt_ids(self, messages: Sequence[Message | dict], tools=None) -> list[int]:
         return self.renderer.prompt_ids(self.with_default_system(messages), tools)
 
-    def _generate_kwargs(self, options: GenerationOptions) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=options.max_new_tokens,
-            do_sample=options.do_sample,
-            num_beams=options.num_beams,
-            repetition_penalty=options.repetition_penalty,
-            eos_token_id=self.renderer.stop_token_ids or self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        if options.do_sample:
-            kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if options.stop:
-            kwargs.update(stop_strings=list(options.stop), tokenizer=self.tokenizer)
-        return kwargs
+    @property
+    def stop_ids(self) -> set[int]:
+        """Token ids that end an answer: the template's stop tokens, else the tokenizer's EOS."""
+        if self.renderer.stop_token_ids:
+            return set(self.renderer.stop_token_ids)
+        eos = self.tokenizer.eos_token_id
+        return set() if eos is None else ({int(eos)} if isinstance(eos, int) else set(eos))
 
-    def _finish(self, new_ids: list[int], options: GenerationOptions) -> tuple[str, str]:
-        stops = set(self.renderer.stop_token_ids)
-        finish = "length"
-        if new_ids and new_ids[-1] in stops:
-            new_ids, finish = new_ids[:-1], "stop"
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        for s in options.stop:
-            if s in text:
-                text, finish = text[: text.index(s)], "stop"
-        if finish == "length":
-            from ember.inference.rows import without_unfinished_character
+    def decoder(self, prefill_chunk: int = 512) -> Decoder:
+        """A fresh running batch over this model (the caller holds `self.lock` while stepping it)."""
+        return Decoder(self.model, self.tokenizer, self.stop_ids, prefill_chunk)
 
-            text = without_unfinished_character(text)
-        return text, finish
+    def generate_rows(self, rows: Sequence[Row], options: Optional[GenerationOptions] = None) -> list[Completion]:
+        """Generate `rows` together (each with its own prompt, limit, stop strings, stream and cancel event).
 
-    def generate_batch(self, conversations: Sequence[Sequence[Message | dict]], options: Optional[GenerationOptions] = None) -> list[Completion]:
-        """Left-padded batched generation; each answer is what generating that prompt alone would give (greedy)."""
+        Args:
+            rows: the sequences; a row's `options` wins over `options`.
+            options: sampling settings for rows without their own (num_beams must be 1).
+
+        Returns:
+            One `Completion` per row, in order: each equals what generating that row alone gives (greedy).
+
+        Raises:
+            ValueError: `num_beams` is not 1 (beam search cannot stream; use `generate_batch`).
+        """
+        options = options or GenerationOptions()
+        if any((r.options or options).num_beams != 1 for r in rows):
+            raise ValueError("streaming rows need num_beams=1 (beam search keeps several candidates per row)")
+        with self.lock:
+            return run_rows(self.decoder(), rows, options)
+
+    def generate_batch(self, conversations: Sequence[Sequence[Message | dict]],
+                       options: Optional[GenerationOptions] = None) -> list[Completion]:
+        """Answer each conversation; each answer is what generating that conversation alone would give (greedy).
+
+        Args:
+            conversations: message lists (dicts or `Message`); the run's default system prompt is added.
+            options: generation settings (default: greedy, 256 new tokens).
+
+        Returns:
+            One `Completion` per conversation (text without the stop token, cut at the first stop string).
+        """
         options = options or GenerationOptions()
         prompts = [self.prompt_ids(c) for c in conversations]
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        with self.lock, torch.inference_mode():
-            if options.seed is not None:
-                torch.manual_seed(options.seed)
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **self._generate_kwargs(options))
-        results = []
-        for row, prompt in zip(out, prompts, strict=True):
-            new = row[width:].tolist()
-            new = _strip_after_stop(new, set(self.renderer.stop_token_ids), pad)
-            text, finish = self._finish(new, options)
-            results.append(Completion(text, len(prompt), len(new), finish))
-        return results
+        if options.num_beams != 1:
+            return self._beam_search(prompts, options)
+        return self.generate_rows([Row(p, options.max_new_tokens, list(options.stop)) for p in prompts], options)
 
     def generate(self, messages: Sequence[Message | dict], options: Optional[GenerationOptions] = None) -> Completion:
         return self.generate_batch([messages], options)[0]
@@ -125,11 +108,9 @@ class Engine:
                cancel: Optional[threading.Event] = None) -> Iterator[str]:
         """Yield text pieces as they are generated; setting `cancel` stops generation at the next token.
 
-        The pieces join to exactly `generate(...).text`: both go through `rows.generate_rows`, which holds back
+        The pieces join to exactly `generate(...).text`: both are the same decoding loop, whose rows hold back
         text that may still turn into a stop string.
         """
-        from ember.inference.rows import Row, generate_rows
-
         options = options or GenerationOptions()
         if options.num_beams != 1:  # beam search cannot stream: its best row is only known at the end
             yield self.generate(messages, options).text
@@ -142,7 +123,7 @@ class Engine:
 
         def run():
             try:
-                generate_rows(self, [row], options)
+                self.generate_rows([row], options)
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
             finally:
@@ -158,6 +139,38 @@ class Engine:
             worker.join()
         if failure:
             raise failure[0]
+
+    def _beam_search(self, prompts: list[list[int]], options: GenerationOptions) -> list[Completion]:
+        """Beam search through transformers' `generate` (left-padded batch, stop strings checked by it)."""
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        stops = self.stop_ids
+        kwargs: dict[str, Any] = dict(max_new_tokens=options.max_new_tokens, do_sample=False,
+                                      num_beams=options.num_beams, repetition_penalty=options.repetition_penalty,
+                                      eos_token_id=sorted(stops) or None, pad_token_id=pad, temperature=None,
+                                      top_p=None, top_k=None)
+        if options.stop:
+            kwargs.update(stop_strings=list(options.stop), tokenizer=self.tokenizer)
+        with self.lock, torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        results = []
+        for row, prompt in zip(out, prompts, strict=True):
+            new = _strip_after_stop(row[width:].tolist(), stops, pad)
+            finish = "length"
+            if new and new[-1] in stops:
+                text_ids, finish = new[:-1], "stop"
+            else:
+                text_ids = new
+            text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+            cut = first_stop(text, options.stop)
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+            if finish == "length":
+                text = without_unfinished_character(text)
+            results.append(Completion(text, len(prompt), len(new), finish))
+        return results
 
 
 def _strip_after_stop(ids: list[int], stops: set[int], pad: int) -> list[int]:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ember.inference.engine import Completion, Engine, GenerationOptions
-from ember.inference.rows import Row, generate_rows
+from ember.inference.completion import Completion, GenerationOptions, Row
+from ember.inference.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class BatchScheduler:
                 owners.append(job)
         started = time.monotonic()
         try:
-            completions = generate_rows(self.engine, rows, live[0].options)
+            completions = self.engine.generate_rows(rows, live[0].options)
         except Exception as exc:  # the request handlers turn it into an error response
             log.exception("generation failed for a batch of %d jobs", len(live))
             for job in live:

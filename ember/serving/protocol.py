@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ember.inference.engine import Completion
+from ember.inference.completion import Completion
 
 MAX_CHOICES = 8
 MAX_STOP = 4

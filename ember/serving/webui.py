@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 from ember.data.conversation import Message
 from ember.inference.chat import ChatSession
-from ember.inference.engine import Engine, GenerationOptions
+from ember.inference.completion import GenerationOptions
+from ember.inference.engine import Engine
 
 
 def _text(content: Any) -> str:

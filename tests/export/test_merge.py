@@ -57,7 +57,7 @@ print(json.dumps({"ember_imported": any(m == "ember" or m.startswith("ember.") f
 
 def test_merged_directory_loads_with_plain_transformers(base_dir, adapter_dir, tmp_path):
     from ember.inference.engine import Engine, GenerationOptions
-    from ember.inference.rows import without_unfinished_character
+    from ember.inference.completion import without_unfinished_character
 
     export_cli("--model", str(base_dir), "--adapter", str(adapter_dir), "--to", str(tmp_path / "merged"))
     files = {p.name for p in (tmp_path / "merged").iterdir()}

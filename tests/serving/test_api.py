@@ -11,8 +11,7 @@ import openai
 import pytest
 
 from ember.data.conversation import Message
-from ember.inference.engine import GenerationOptions
-from ember.inference.rows import Row, generate_rows
+from ember.inference.completion import GenerationOptions, Row
 
 from .conftest import API_KEY, MODEL
 
@@ -83,7 +82,7 @@ def test_completions_endpoint_takes_raw_prompt_text(client, api):
     r = client.completions.create(model=MODEL, prompt=prompts, max_tokens=5, temperature=0)
     tok = api.engine.tokenizer
     rows = [Row(tok(p)["input_ids"], 5) for p in prompts]
-    want = [c.text for c in generate_rows(api.engine, rows, GenerationOptions())]
+    want = [c.text for c in api.engine.generate_rows(rows, GenerationOptions())]
     assert r.object == "text_completion"
     assert [(c.index, c.text) for c in r.choices] == [(0, want[0]), (1, want[1])]
     assert r.usage.prompt_tokens == sum(len(row.prompt) for row in rows)
