@@ -18,8 +18,9 @@ def register(sub) -> None:
     p.add_argument("--adapter", default=None, help="a LoRA adapter dir to put on --model")
     p.add_argument("--to", required=True, help="output directory (hf), or .gguf file / directory (gguf)")
     p.add_argument("--format", choices=("hf", "gguf"), default="hf")
-    p.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
-                   help="tensor type of 2-D weights in the GGUF (norms stay f32)")
+    p.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m"), default="f16",
+                   help="tensor type of 2-D weights in the GGUF (norms stay f32); q4_k_m/q5_k_m are refused with "
+                        "the llama.cpp command that makes them (no K-quant quantiser installs here)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="weight dtype of the merged HF directory")
     p.set_defaults(func=cmd_export)

@@ -1,11 +1,14 @@
-"""Write a (merged) Llama-architecture model as one GGUF file, the layout llama.cpp reads.
+"""Write a (merged) Llama or Qwen2 model as one GGUF file, the layout llama.cpp reads.
 
-Tensors get llama.cpp's names (`token_embd`, `blk.N.attn_q`, ...). llama.cpp applies rotary embeddings to
-interleaved pairs while Hugging Face Llama rotates the two halves of each head, so the rows of every q and k
-projection are reordered per head (halves → pairs), exactly as llama.cpp's own converter does for Llama; readers
-(llama.cpp, `transformers` with `gguf_file=`) undo it. 1-D tensors (norms) stay f32, as llama.cpp expects.
+Tensors get llama.cpp's names (`token_embd`, `blk.N.attn_q`, ...). llama.cpp's `llama` architecture applies rotary
+embeddings to interleaved pairs while Hugging Face Llama rotates the two halves of each head, so for Llama the rows
+of every q and k projection are reordered per head (halves → pairs), exactly as llama.cpp's own converter does;
+readers (llama.cpp, `transformers` with `gguf_file=`) undo it. `qwen2` rotates halves in llama.cpp too (NEOX
+style), so its rows stay as they are, and its q/k/v biases are stored. 1-D tensors (norms, biases) stay f32, as
+llama.cpp expects.
 
-The tokenizer goes in as metadata: byte-level BPE tokens, merges, token types, special ids, `add_bos_token` and
+The tokenizer goes in as metadata: byte-level BPE tokens, merges, token types, special ids, `add_bos_token`, the
+pre-tokenizer name llama.cpp's converter would choose (ember/export/pretokenizer.py; unknown → refused) and
 the chat template the model was trained with. The token list has exactly one entry per embedding row: when the
 model has more rows than the tokenizer has tokens (embeddings padded to a multiple of 64 after a vocabulary
 extension), the extra rows become unused `[PAD<id>]` tokens, as llama.cpp's converter writes them.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -22,10 +26,29 @@ import numpy as np
 import torch
 
 from ember.errors import ConfigError
+from ember.export.pretokenizer import identify as identify_pre_tokenizer
 
 log = logging.getLogger(__name__)
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+# K-quant mixtures users ask for. No maintained quantiser for them installs here: the `gguf` package (0.19)
+# quantizes Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/BF16 but raises NotImplementedError for every K type, llama-cpp-python has no
+# wheel, and a Q4_K_M file is a per-tensor mixture chosen by llama.cpp's quantiser. So they are refused, with the fix.
+K_QUANT_TYPES = ("q4_k_m", "q5_k_m")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str  # general.architecture
+    reorder_qk: bool  # llama.cpp rotates interleaved pairs for this architecture (HF rotates halves)
+    biases: tuple[str, ...] = ()  # modules whose bias is stored (and required)
+
+
+ARCHITECTURES = {
+    "llama": Architecture("llama", reorder_qk=True),
+    "qwen2": Architecture("qwen2", reorder_qk=False,
+                          biases=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+}
 _LAYER_NAMES = {
     "input_layernorm": "attn_norm",
     "self_attn.q_proj": "attn_q",
@@ -39,17 +62,25 @@ _LAYER_NAMES = {
 }
 
 
-def gguf_name(hf_name: str) -> Optional[str]:
-    """llama.cpp's name for a Hugging Face Llama parameter (None: not stored, e.g. rotary buffers)."""
+def gguf_name(hf_name: str, arch: Architecture = ARCHITECTURES["llama"]) -> Optional[str]:
+    """llama.cpp's name for a Hugging Face Llama/Qwen2 parameter (None: not stored, e.g. rotary buffers).
+
+    Raises:
+        ConfigError: a bias the architecture has no place for (it would be dropped silently).
+    """
     fixed = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     if hf_name in fixed:
         return fixed[hf_name]
     parts = hf_name.split(".")
-    if parts[:2] != ["model", "layers"] or parts[-1] != "weight":
+    if parts[:2] != ["model", "layers"] or parts[-1] not in ("weight", "bias"):
         return None
     module = ".".join(parts[3:-1])
-    return f"blk.{parts[2]}.{_LAYER_NAMES[module]}.weight" if module in _LAYER_NAMES else None
+    if module not in _LAYER_NAMES:
+        return None
+    if parts[-1] == "bias" and module not in arch.biases:
+        raise ConfigError(f"GGUF export ({arch.name}): {hf_name} has no place in llama.cpp's {arch.name} layout")
+    return f"blk.{parts[2]}.{_LAYER_NAMES[module]}.{parts[-1]}"
 
 
 def halves_to_pairs(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -58,18 +89,22 @@ def halves_to_pairs(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
-def _check_supported(config) -> None:
-    if getattr(config, "model_type", None) != "llama":
+def _check_supported(config) -> Architecture:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
         raise ConfigError(
-            f"GGUF export supports the llama architecture (SmolLM2, Llama 2, TinyLlama, ...); this model is "
-            f"'{getattr(config, 'model_type', '?')}'. Export with --format hf and convert that directory with "
-            "llama.cpp's convert_hf_to_gguf.py"
+            f"GGUF export supports the llama (SmolLM2, Llama 2/3, TinyLlama, ...) and qwen2 (Qwen1.5, Qwen2, "
+            f"Qwen2.5) architectures; this model is '{model_type or '?'}'. Export with --format hf and convert that "
+            "directory with llama.cpp's convert_hf_to_gguf.py"
         )
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+    if model_type == "llama" and (getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)):
         raise ConfigError("GGUF export: Llama models with attention/MLP biases are not supported")
+    if model_type == "qwen2" and getattr(config, "use_sliding_window", False):
+        raise ConfigError("GGUF export: Qwen2 with use_sliding_window=true is not supported (llama.cpp ignores it)")
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") not in ("default", None):
         raise ConfigError(f"GGUF export: rope type '{rope.get('rope_type')}' is not supported (only default RoPE)")
+    return ARCHITECTURES[model_type]
 
 
 def _rope_theta(config) -> float:
@@ -106,7 +141,7 @@ def tokenizer_metadata(tokenizer, rows: int) -> dict:
         tokens.append(f"[PAD{i}]")
         types.append(gguf.TokenType.UNUSED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return {"tokens": tokens, "types": types, "merges": merges, "pre": _pre_tokenizer_name(state["pre_tokenizer"])}
+    return {"tokens": tokens, "types": types, "merges": merges, "pre": identify_pre_tokenizer(tokenizer)}
 
 
 def _is_byte_level(pre) -> bool:
@@ -115,17 +150,6 @@ def _is_byte_level(pre) -> bool:
     if pre.get("type") == "ByteLevel":
         return True
     return any(_is_byte_level(p) for p in pre.get("pretokenizers", []))
-
-
-def _pre_tokenizer_name(pre) -> str:
-    """llama.cpp's name for the way text is split before BPE (its converter identifies it the same way)."""
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt-2"
-    kinds = [p.get("type") for p in pre.get("pretokenizers", [])]
-    if kinds == ["Digits", "ByteLevel"] and pre["pretokenizers"][0].get("individual_digits"):
-        return "smollm"  # SmolLM's hub tokenizer: single digits, then GPT-2's split
-    log.warning("GGUF export: unrecognised pre-tokenizer %s; writing 'gpt-2'", json.dumps(pre)[:200])
-    return "gpt-2"
 
 
 def _tensor_data(name: str, tensor: torch.Tensor, kind: str):
@@ -143,15 +167,26 @@ def _tensor_data(name: str, tensor: torch.Tensor, kind: str):
     return gguf.quants.quantize(data, qtype), qtype
 
 
+def check_type(kind: str) -> None:
+    """Raises: ConfigError for a type Ember cannot write (K-quants: with the llama.cpp command that makes them)."""
+    if kind in K_QUANT_TYPES:
+        raise ConfigError(
+            f"--gguf-type {kind}: K-quant files need llama.cpp's quantiser, and none that Ember can call installs "
+            "here (the gguf package has no K-quant quantizer; llama-cpp-python has no wheel). Export "
+            f"--gguf-type f16 and run `llama-quantize MODEL-f16.gguf MODEL-{kind}.gguf {kind.upper()}` from llama.cpp"
+        )
+    if kind not in GGUF_TYPES:
+        raise ConfigError(f"--gguf-type {kind!r}: choose one of {', '.join(GGUF_TYPES)}")
+
+
 def write_gguf(model, tokenizer, path: Path, kind: str = "f16", stop_token_ids: Optional[list[int]] = None,
                name: Optional[str] = None) -> Path:
     """Write `model` (a merged, unwrapped Llama) and its tokenizer to `path`."""
     import gguf
 
-    if kind not in GGUF_TYPES:
-        raise ConfigError(f"--gguf-type {kind!r}: choose one of {', '.join(GGUF_TYPES)}")
+    check_type(kind)
     config = model.config
-    _check_supported(config)
+    arch = _check_supported(config)
     rows = model.get_input_embeddings().weight.shape[0]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -159,7 +194,7 @@ def write_gguf(model, tokenizer, path: Path, kind: str = "f16", stop_token_ids: 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, arch.name)
     writer.add_name(name or path.stem)
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))
@@ -199,13 +234,17 @@ def write_gguf(model, tokenizer, path: Path, kind: str = "f16", stop_token_ids: 
         writer.add_chat_template(tokenizer.chat_template)
 
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    for hf_name, tensor in model.state_dict().items():
-        target = gguf_name(hf_name)
+    state = model.state_dict()
+    missing = [f"model.layers.0.{m}.bias" for m in arch.biases if f"model.layers.0.{m}.bias" not in state]
+    if missing:
+        raise ConfigError(f"GGUF export ({arch.name}): the model has no {', '.join(missing)}, which llama.cpp expects")
+    for hf_name, tensor in state.items():
+        target = gguf_name(hf_name, arch)
         if target is None or (tied and target == "output.weight"):
             continue  # a tied head is the embedding matrix; llama.cpp reuses token_embd when output is absent
-        if target.endswith("attn_q.weight"):
-            tensor = halves_to_pairs(tensor, heads)
-        elif target.endswith("attn_k.weight"):
+        if arch.reorder_qk and target.rsplit(".", 2)[-2] == "attn_q":
+            tensor = halves_to_pairs(tensor, heads)  # a bias reorders like its rows
+        elif arch.reorder_qk and target.rsplit(".", 2)[-2] == "attn_k":
             tensor = halves_to_pairs(tensor, kv_heads)
         data, raw = _tensor_data(target, tensor, kind)
         writer.add_tensor(target, data, raw_dtype=raw)

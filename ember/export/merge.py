@@ -104,10 +104,12 @@ def save_merged(merged: Merged, to: Path, dtype: str = "float32") -> Path:
 def export(model: str, to: str, adapter: Optional[str] = None, fmt: str = "hf", gguf_type: str = "f16",
            dtype: str = "float32") -> Path:
     """`ember export`: returns the directory (hf) or file (gguf) written."""
-    from ember.export.gguf import write_gguf
+    from ember.export.gguf import check_type, write_gguf
 
     if fmt not in ("hf", "gguf"):
         raise ConfigError(f"--format {fmt!r}: choose hf (a merged transformers directory) or gguf")
+    if fmt == "gguf":
+        check_type(gguf_type)  # before the (slow) merge
     merged = merge(model, adapter)
     target = Path(to)
     if fmt == "hf":

@@ -16,12 +16,23 @@ CORPUS = ["Hello there, how are you today? I am fine, thank you very much.", "Th
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
-def small_tokenizer():
+def small_tokenizer(split: str | None = None):
+    """A 420-token byte-level BPE trained on CORPUS; `split` names the normalizer + pre-tokenizer to use (one of
+    ember.export.pretokenizer.REFERENCE_SPLITS; default GPT-2's ByteLevel)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split is None:
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        from ember.export.pretokenizer import REFERENCE_SPLITS
+
+        normalizer, pre_tokenizer = REFERENCE_SPLITS[split]
+        backend = Tokenizer.from_str(json.dumps({
+            "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": normalizer,
+            "pre_tokenizer": pre_tokenizer, "post_processor": None, "decoder": None,
+            "model": {"type": "BPE", "vocab": {}, "merges": []}}))
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -39,6 +50,21 @@ def tiny_llama(vocab: int, tied: bool = True, rope_theta: float = 10000.0):
     config = LlamaConfig(vocab_size=vocab, max_position_embeddings=256, initializer_range=0.3, tie_word_embeddings=tied,
                          bos_token_id=1, eos_token_id=2, pad_token_id=2, rope_theta=rope_theta, **TINY)
     return LlamaForCausalLM(config)
+
+
+def tiny_qwen2(vocab: int, tied: bool = True):
+    """A random 2-layer Qwen2 (q/k/v biases drawn too: Qwen2's init zeroes them, which would hide a lost bias)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=vocab, max_position_embeddings=256, initializer_range=0.3, tie_word_embeddings=tied,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, rope_theta=1000000.0, **TINY)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+    return model
 
 
 def save_adapter(model, tokenizer, out: Path, modules_to_save=None) -> Path:

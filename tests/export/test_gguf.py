@@ -154,8 +154,28 @@ def test_gguf_export_refuses_other_architectures():
     from ember.errors import ConfigError
     from ember.export.gguf import _check_supported
 
-    with pytest.raises(ConfigError, match="supports the llama architecture.*'qwen2'.*--format hf"):
-        _check_supported(SimpleNamespace(model_type="qwen2"))
+    with pytest.raises(ConfigError, match="supports the llama .* and qwen2 .*'gemma'.*--format hf"):
+        _check_supported(SimpleNamespace(model_type="gemma"))
+    with pytest.raises(ConfigError, match="use_sliding_window"):
+        _check_supported(SimpleNamespace(model_type="qwen2", use_sliding_window=True))
+    assert _check_supported(SimpleNamespace(model_type="qwen2")).name == "qwen2"
+
+
+@pytest.mark.parametrize("kind", ["q4_k_m", "q5_k_m"])
+def test_k_quants_are_refused_with_the_command_that_makes_them(base_dir, tmp_path, kind):
+    import gguf
+    import numpy as np
+
+    from ember.cli import build_parser
+    from ember.errors import ConfigError
+    from ember.export.merge import export
+
+    assert build_parser().parse_args(["export", "--model", "m", "--to", "t", "--gguf-type", kind]).gguf_type == kind
+    with pytest.raises(ConfigError, match=rf"--gguf-type {kind}: .*llama-quantize MODEL-f16.gguf .*{kind.upper()}"):
+        export(str(base_dir), str(tmp_path / "m.gguf"), fmt="gguf", gguf_type=kind)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(NotImplementedError):  # why: the gguf package cannot make K-quant blocks
+        gguf.quants.quantize(np.zeros((1, 256), np.float32), gguf.GGMLQuantizationType.Q4_K)
 
 
 @pytest.mark.smollm2
