@@ -71,7 +71,7 @@ class MethodConfig:
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    targets: Any = "all-linear"  # "all-linear" or a list of module names
+    targets: Any = "all-linear"  # "all-linear", "family" (families.yaml's lora_targets) or a list of module names
     modules_to_save: list[str] = field(default_factory=list)  # e.g. [embed_tokens, lm_head]
     rslora: bool = False
     dora: bool = False

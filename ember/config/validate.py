@@ -47,8 +47,9 @@ def validate(cfg: EmberConfig) -> EmberConfig:
     if method.type in ("lora", "qlora"):
         if method.rank < 1:
             raise ConfigError(f"method.rank={method.rank} must be >= 1")
-        if not (method.targets == "all-linear" or isinstance(method.targets, list)):
-            raise ConfigError(f"method.targets must be 'all-linear' or a list of module names, got {method.targets!r}")
+        if not (method.targets in ("all-linear", "family") or isinstance(method.targets, list)):
+            raise ConfigError(f"method.targets must be 'all-linear', 'family' (the model family's lora_targets) or a "
+                              f"list of module names, got {method.targets!r}")
         if method.lora_layers is not None and method.lora_layers < 1:
             raise ConfigError(f"method.lora_layers={method.lora_layers} must be >= 1 (or unset for every layer)")
     elif method.dora or method.rslora or method.lora_layers is not None:

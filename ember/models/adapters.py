@@ -31,6 +31,12 @@ def quantization_config(method: MethodConfig, compute_dtype: torch.dtype):
 
 
 def lora_targets(method: MethodConfig, family: Optional[Family]) -> Any:
+    """peft's `target_modules`: "all-linear", the family's `lora_targets` (families.yaml), or the names given."""
+    if method.targets == "family":
+        if family is None:
+            raise ConfigError("method.targets: family needs a model family Ember knows (families.yaml); this "
+                              "model's model_type is in none: set model.family, or list the module names")
+        return list(family.lora_targets)
     if method.targets != "all-linear":
         return list(method.targets)
     return "all-linear"

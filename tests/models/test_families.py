@@ -38,7 +38,7 @@ def test_family_trains_two_lora_steps_through_the_cli(name, tiny_run_config, tmp
     cfg = tiny_run_config()
     raw = to_dict(cfg)
     raw["model"].update(name_or_path=name, config_overrides=TINY[name])
-    raw["method"]["targets"] = list(family.lora_targets)  # the registry's targets, not all-linear
+    raw["method"]["targets"] = "family"  # the registry's lora_targets, not all-linear
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
 
