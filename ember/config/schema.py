@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 Stage = Literal["pt", "sft"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "openai", "firefly", "moss", "columns", "text"]
 MaskMode = Literal["all_assistant", "last_assistant", "all"]
-Truncation = Literal["turns", "left", "right", "drop"]
+Truncation = Literal["split", "turns", "left", "right", "drop"]
 OnError = Literal["strict", "skip"]
 MethodType = Literal["lora", "qlora", "full", "freeze"]
 
@@ -30,6 +30,7 @@ class DatasetSpec:
     hub_split: str = "train"  # the split to read when `path` is a `datasets` hub id
     subset: Optional[str] = None  # hub config name
     system: Optional[str] = None  # a system prompt given to every conversation of this file without one
+    streaming: bool = False  # hub ids: read rows as they arrive (datasets streaming) instead of downloading first
 
 
 @dataclass
@@ -39,10 +40,11 @@ class DataConfig:
     template: str = "auto"  # auto = the tokenizer's own chat template; else a shipped template name or .jinja file
     mask: MaskMode = "all_assistant"
     max_length: int = 1024
-    truncation: Truncation = "turns"
+    truncation: Truncation = "split"  # split: long conversations become several samples, every answer trained once
     on_error: OnError = "strict"
     system: Optional[str] = None  # default system prompt for conversations without one
-    num_proc: int = 1
+    num_proc: Optional[int] = None  # processes that encode; None = the machine's cores (one for small sets)
+    max_record_bytes: int = 64 << 20  # a record (line / array item) larger than this is an error naming its line
     cache: bool = True
     cache_dir: Optional[str] = None  # default: $EMBER_CACHE or ~/.cache/ember
     seed: int = 42

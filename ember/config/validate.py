@@ -23,8 +23,10 @@ def validate(cfg: EmberConfig) -> EmberConfig:
             raise ConfigError(f"data.datasets[{i}] ({spec.path}): ratio must be > 0")
         if cfg.stage == "sft" and spec.format == "text":
             raise ConfigError(f"data.datasets[{i}] ({spec.path}): format 'text' is raw text; use stage: pt")
-    if data.num_proc < 1:
-        raise ConfigError("data.num_proc must be >= 1")
+    if data.num_proc is not None and data.num_proc < 1:
+        raise ConfigError("data.num_proc must be >= 1 (or unset: the machine's cores)")
+    if data.max_record_bytes < 1024:
+        raise ConfigError(f"data.max_record_bytes={data.max_record_bytes} is too small (use at least 1024)")
 
     if method.type == "qlora":
         if importlib.util.find_spec("bitsandbytes") is None:

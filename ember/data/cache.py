@@ -1,7 +1,10 @@
 """Cache processed samples under a key made of everything that can change them.
 
 The key covers: each input file's content hash, the tokenizer (vocab, special tokens, chat template), the template
-source, the stage and every data option. A second run with the same key loads in well under a second.
+source, the stage's recipe and every data option. An entry is a folder of Arrow files plus the data report, written
+under a temporary name and renamed into place when complete, so a crash never leaves a half entry; a hit maps the
+files (well under a second, whatever their size). With the cache off, the samples live in a temporary folder that
+goes away with them.
 """
 
 from __future__ import annotations
@@ -10,19 +13,24 @@ import hashlib
 import json
 import logging
 import os
-import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 from ember.config.loader import to_dict
 from ember.config.schema import DataConfig
-from ember.data.pipeline import ProcessedData, process
-from ember.data.render import Renderer, tokenizer_identity
 from ember.core.paths import cache_root, file_digest, file_lock
+from ember.data.pipeline import ProcessedData, process
+from ember.data.recipes import Recipe
+from ember.data.render import Renderer, tokenizer_identity
+from ember.data.report import DataReport
+from ember.data.store import Samples
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = "1"  # bump when the processing code changes what it produces
+CACHE_VERSION = "2"  # bump when the processing code changes what it produces
+_REPORT = "report.json"
+_FILES = "files.json"
 
 
 def _input_digest(path: str) -> str:
@@ -38,14 +46,13 @@ def _input_digest(path: str) -> str:
     return f"hub:{path}"  # hub datasets carry their own revision cache
 
 
-def cache_key(data: DataConfig, stage: str, tokenizer, renderer: Optional[Renderer]) -> str:
+def cache_key(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optional[Renderer]) -> str:
     options = to_dict(data)
-    options.pop("cache", None)
-    options.pop("cache_dir", None)
-    options.pop("num_proc", None)  # parallelism does not change the result
+    for key in ("cache", "cache_dir", "num_proc"):  # where and how fast, not what
+        options.pop(key, None)
     payload = {
         "version": CACHE_VERSION,
-        "stage": stage,
+        "recipe": recipe.name,
         "options": options,
         "inputs": [_input_digest(s.path) for s in data.datasets],
         "tokenizer": tokenizer_identity(tokenizer),
@@ -54,22 +61,44 @@ def cache_key(data: DataConfig, stage: str, tokenizer, renderer: Optional[Render
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
 
 
-def load_or_process(data: DataConfig, stage: str, tokenizer, renderer: Optional[Renderer], progress: bool = True) -> tuple[ProcessedData, bool]:
+def cache_dir(data: DataConfig) -> Path:
+    return Path(data.cache_dir) if data.cache_dir else cache_root() / "data"
+
+
+def load_or_process(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optional[Renderer],
+                    progress: bool = True) -> tuple[ProcessedData, bool]:
     """Return (data, from_cache)."""
     if not data.cache:
-        return process(data, stage, tokenizer, renderer, progress), False
-    root = Path(data.cache_dir) if data.cache_dir else cache_root() / "data"
-    key = cache_key(data, stage, tokenizer, renderer)
-    path = root / f"{key}.pkl"
+        work = tempfile.TemporaryDirectory(prefix="ember-data-")
+        result = process(data, recipe, tokenizer, renderer, Path(work.name), progress)
+        result.train._keep = result.eval._keep = work  # the folder lives as long as the samples
+        return result, False
+    root = cache_dir(data)
+    key = cache_key(data, recipe, tokenizer, renderer)
+    entry = root / key
     with file_lock(root / f"{key}.lock"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                return pickle.load(f), True
-        result = process(data, stage, tokenizer, renderer, progress)
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-        log.info("cached processed data as %s", path)
-    return result, False
+        if (entry / _FILES).is_file():
+            return _load(entry), True
+        work = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
+        try:
+            result = process(data, recipe, tokenizer, renderer, work, progress)
+            files = {split: [p.name for p in samples.paths]
+                     for split, samples in (("train", result.train), ("eval", result.eval))}
+            (work / _REPORT).write_text(json.dumps(result.report.to_dict(), ensure_ascii=False), encoding="utf-8")
+            (work / _FILES).write_text(json.dumps(files), encoding="utf-8")  # written last: marks the entry whole
+            if entry.exists():
+                shutil.rmtree(entry)
+            os.replace(work, entry)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        log.info("cached processed data in %s", entry)
+    return _load(entry), False
+
+
+def _load(entry: Path) -> ProcessedData:
+    files = json.loads((entry / _FILES).read_text(encoding="utf-8"))
+    raw = json.loads((entry / _REPORT).read_text(encoding="utf-8"))
+    known = DataReport.__dataclass_fields__
+    report = DataReport(**{k: v for k, v in raw.items() if k in known})
+    return ProcessedData(Samples([entry / n for n in files["train"]]), Samples([entry / n for n in files["eval"]]), report)

@@ -27,7 +27,8 @@ class EncodedDataset(torch.utils.data.Dataset):
         return row
 
     def lengths(self) -> list[int]:
-        return [len(s.input_ids) for s in self.samples]
+        stored = getattr(self.samples, "lengths", None)  # Arrow-backed samples keep a length column
+        return stored() if stored else [len(s.input_ids) for s in self.samples]
 
 
 @dataclass

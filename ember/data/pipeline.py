@@ -1,146 +1,240 @@
-"""Config → the exact training samples: read files, convert, sample, split, render, truncate, lint, cache."""
+"""Config → the exact training samples: read files, convert, sample, split, encode (in parallel), store.
+
+Memory stays bounded whatever the dataset's size: records stream from the files into an Arrow file, selection
+(samples / ratio / shuffle / eval split) works on row numbers, encoding runs on chunks of rows in `data.num_proc`
+processes that each write their own Arrow shard, and the result is read back memory-mapped. The stage's recipe
+(ember.data.recipes) says what a record is and how it is encoded; nothing here depends on which stage runs.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import multiprocessing
+import os
 import random
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from ember.config.schema import DataConfig, DatasetSpec
-from ember.data.conversation import Conversation
-from ember.data.files import iter_records
-from ember.data.formats import convert, detect_format
-from ember.data.pretrain import encode_documents
-from ember.data.render import Encoded, Renderer
-from ember.data.report import DataReport, lint
-from ember.data.truncation import fit, has_trained
+from ember.data.files import data_files, iter_file, iter_records, looks_like_hub_id
+from ember.data.recipes import EncodeContext, Recipe
+from ember.data.render import Renderer
+from ember.data.report import DataReport, tokenizer_warnings
+from ember.data.store import ArrowWriter, Samples, read_table
 from ember.errors import DataError
 
 log = logging.getLogger(__name__)
 
+TASK_ROWS = 4096  # most records one encoding task (one shard file) holds
+MIN_ROWS_PER_PROCESS = 512  # below this many records per process, starting processes costs more than it saves
+
+
+@dataclass
+class ProcessedData:
+    train: Samples
+    eval: Samples
+    report: DataReport
+
 
 @dataclass
 class Records:
-    """Converted records of one split: conversations (sft) or documents (pt)."""
+    """Converted records of one split, in memory (tests and small tools; training streams through `process`)."""
 
     train: list[Any] = field(default_factory=list)
     eval: list[Any] = field(default_factory=list)
 
 
-@dataclass
-class ProcessedData:
-    train: list[Encoded]
-    eval: list[Encoded]
-    report: DataReport
-    records: Records
+def num_processes(data: DataConfig) -> int:
+    if data.num_proc:
+        return data.num_proc
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
-def read_dataset(spec: DatasetSpec, data: DataConfig, stage: str, report: DataReport) -> list[Any]:
-    """All records of one dataset entry, converted; bad ones raise (strict) or are counted and skipped."""
-    out: list[Any] = []
-    fmt = spec.format
-    for source, record in iter_records(spec.path, spec.hub_split, spec.subset):
-        report.read += 1
-        try:
-            if isinstance(record, DataError):
-                raise record
-            if fmt == "auto":
-                try:
-                    fmt = "text" if stage == "pt" and "text" in record else detect_format(record)
-                except ValueError as exc:
-                    raise DataError(source, None, str(exc)) from None
-            if stage == "pt" and fmt != "text":
-                raise DataError(source, None, f"stage pt reads raw text ({{text}} records or .txt), but this is '{fmt}' data")
-            if stage == "sft" and fmt == "text":
-                raise DataError(source, None, "raw text ({text}) has no dialogue to fine-tune on; use stage: pt")
-            out.append(convert(fmt, record, source, spec.columns, spec.system or data.system))
-        except DataError as err:
-            if data.on_error == "strict":
-                raise
-            report.skip(err.source, err.problem, err.reason)
-    return out
+# -- reading ----------------------------------------------------------------------------------------------------------
+def _sources(spec: DatasetSpec, data: DataConfig):
+    """(file or hub id, record iterator) for each file behind a dataset entry: formats are detected per file."""
+    if not Path(spec.path).exists() and looks_like_hub_id(spec.path):
+        yield spec.path, iter_records(spec.path, spec.hub_split, spec.subset, spec.streaming, data.max_record_bytes)
+        return
+    for f in data_files(spec.path):
+        yield str(f), iter_file(f, data.max_record_bytes)
 
 
-def sample_records(records: list[Any], spec: DatasetSpec, rng: random.Random) -> list[Any]:
-    if spec.samples is None and spec.ratio is None:
-        return records
-    want = spec.samples if spec.samples is not None else round(len(records) * spec.ratio)
-    pool = list(records)
-    rng.shuffle(pool)
-    full, rest = divmod(want, len(pool)) if pool else (0, 0)
-    return pool * full + pool[:rest]  # ratio > 1 repeats the whole set, then a shuffled part
+def read_dataset(spec: DatasetSpec, data: DataConfig, recipe: Recipe, report: DataReport, sink) -> int:
+    """Convert every record of one dataset entry into `sink(record)`; bad ones raise (strict) or are counted and
+    skipped. Returns how many records were kept."""
+    kept = 0
+    for _, items in _sources(spec, data):
+        fmt = spec.format
+        for source, record in items:
+            report.read += 1
+            try:
+                if isinstance(record, DataError):
+                    raise record
+                if fmt == "auto":
+                    fmt = recipe.detect(record, source)
+                sink(recipe.convert(fmt, record, source, spec, data))
+                kept += 1
+            except DataError as err:
+                if data.on_error == "strict":
+                    raise
+                report.skip(err.source, err.problem, err.reason)
+    return kept
 
 
-def load_records(data: DataConfig, stage: str, report: DataReport) -> Records:
+def _select(data: DataConfig, counts: list[int]) -> tuple[list[int], list[int]]:
+    """Row numbers (into the records of all entries, in order) of the train and eval records."""
     rng = random.Random(data.seed)
-    train: list[Any] = []
-    held: list[Any] = []
-    for spec in data.datasets:
-        items = sample_records(read_dataset(spec, data, stage, report), spec, rng)
-        (held if spec.split == "eval" else train).extend(items)
+    train: list[int] = []
+    held: list[int] = []
+    offset = 0
+    for spec, count in zip(data.datasets, counts, strict=True):
+        rows = list(range(offset, offset + count))
+        offset += count
+        if spec.samples is not None or spec.ratio is not None:
+            want = spec.samples if spec.samples is not None else round(count * spec.ratio)
+            rng.shuffle(rows)
+            full, rest = divmod(want, len(rows)) if rows else (0, 0)
+            rows = rows * full + rows[:rest]  # ratio > 1 repeats the whole set, then a shuffled part
+        (held if spec.split == "eval" else train).extend(rows)
     if data.shuffle:
         rng.shuffle(train)
     if data.eval_split > 0 and train:
         n_eval = max(1, round(len(train) * data.eval_split))
         held.extend(train[:n_eval])
         train = train[n_eval:]
-    return Records(train, held)
+    return train, held
 
 
-def encode_conversations(convs: list[Conversation], renderer: Renderer, data: DataConfig, report: DataReport,
-                         progress: bool = True) -> list[Encoded]:
-    out: list[Encoded] = []
-    chunk = 64
-    bar = _progress(len(convs), "tokenizing", progress)
-    for begin in range(0, len(convs), chunk):
-        part = convs[begin: begin + chunk]
-        for conv, enc in zip(part, renderer.encode_batch(part, data.mask), strict=True):
-            fitted = fit(renderer, conv, enc, data.truncation, data.max_length, data.mask)
-            if fitted is None:
-                report.dropped_too_long += 1
-                report.skipped_records.append({"source": conv.source, "reason": f"longer than max_length={data.max_length}"})
-                continue
-            if not has_trained(fitted):
-                report.dropped_nothing_to_train += 1
-                report.warnings.append(f"{conv.source}: nothing to train in this sample (all labels are -100)")
-                continue
-            out.append(fitted)
-        bar.update(len(part))
+def _read_all(data: DataConfig, recipe: Recipe, report: DataReport, work: Path, progress: bool) -> tuple[list[Path], list[int]]:
+    paths, counts = [], []
+    bar = _progress(None, "reading", "record", progress)
+    for k, spec in enumerate(data.datasets):
+        path = work / f"records-{k:03d}.arrow"
+        with ArrowWriter(path, recipe.record_schema) as writer:
+            def sink(record, writer=writer):
+                writer.write(recipe.record_row(record))
+                bar.update(1)
+
+            counts.append(read_dataset(spec, data, recipe, report, sink))
+        paths.append(path)
     bar.close()
+    return paths, counts
+
+
+def load_records(data: DataConfig, recipe: Recipe, report: DataReport) -> Records:
+    """All selected records in memory, converted (for tests and small tools)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ember-records-") as tmp:
+        paths, counts = _read_all(data, recipe, report, Path(tmp), progress=False)
+        table = read_table(paths, recipe.record_schema)
+        train, held = _select(data, counts)
+        take = lambda rows: [recipe.row_record(r) for r in table.take(rows).to_pylist()] if rows else []  # noqa: E731
+        out = Records(take(train), take(held))
+        del table
     return out
 
 
-def _progress(total: int, desc: str, enabled: bool):
+# -- encoding ---------------------------------------------------------------------------------------------------------
+# One per worker process, set by `_init` (with fork, inherited without pickling the tokenizer).
+_WORKER: dict[str, Any] = {}
+
+
+def _init(recipe: Recipe, ctx: EncodeContext, record_paths: list[Path]) -> None:
+    _WORKER.update(recipe=recipe, ctx=ctx, paths=record_paths, table=None)
+
+
+def _encode_task(rows: list[int], shard: Path) -> tuple[Path, DataReport]:
+    w = _WORKER
+    if w["table"] is None:
+        w["table"] = read_table(w["paths"], w["recipe"].record_schema)
+    recipe: Recipe = w["recipe"]
+    records = [recipe.row_record(r) for r in w["table"].take(rows).to_pylist()]
+    report = DataReport()
+    with ArrowWriter(shard, recipe.shard_schema) as writer:
+        for row in recipe.encode(records, w["ctx"], report):
+            writer.write(row)
+    return shard, report
+
+
+def _encode(rows: list[int], split: str, recipe: Recipe, ctx: EncodeContext, record_paths: list[Path], work: Path,
+            report: DataReport, progress: bool) -> list[Path]:
+    processes = min(num_processes(ctx.data), max(1, len(rows) // MIN_ROWS_PER_PROCESS))
+    size = max(64, min(TASK_ROWS, math.ceil(len(rows) / (processes * 4))))
+    tasks = [(rows[i: i + size], work / f"{split}-{i // size:05d}.arrow") for i in range(0, len(rows), size)]
+    shards: list[Optional[Path]] = [None] * len(tasks)
+    bar = _progress(len(rows), f"encoding {split}", "conv" if recipe.name == "chat" else "doc", progress and bool(rows))
+    if processes <= 1:
+        _init(recipe, ctx, record_paths)
+        for k, task in enumerate(tasks):
+            shards[k], part = _encode_task(*task)
+            report.merge(part)
+            bar.update(len(task[0]))
+    else:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(processes, multiprocessing.get_context(method), initializer=_init,
+                                 initargs=(recipe, ctx, record_paths)) as pool:
+            futures = {pool.submit(_encode_task, *task): k for k, task in enumerate(tasks)}
+            parts: dict[int, DataReport] = {}
+            for future in as_completed(futures):
+                k = futures[future]
+                shards[k], parts[k] = future.result()
+                bar.update(len(tasks[k][0]))
+            for k in range(len(tasks)):  # merged in task order, so listed warnings read like one process wrote them
+                report.merge(parts[k])
+    bar.close()
+    _WORKER.clear()
+    return recipe.finish([s for s in shards if s is not None], work, split, ctx, report)
+
+
+def _progress(total: Optional[int], desc: str, unit: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled or total < 256)
+    quiet = not enabled or os.environ.get("EMBER_NO_PROGRESS") == "1"
+    # Shown only for work that takes a while: a bar that flashes by on a small file is noise in the output.
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, delay=2.0, mininterval=1.0, smoothing=0.1)
 
 
-def process(data: DataConfig, stage: str, tokenizer, renderer: Optional[Renderer], progress: bool = True) -> ProcessedData:
-    """Build train/eval samples exactly as training will see them (no cache; see `ember.data.cache`)."""
+def process(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optional[Renderer], out_dir: Path,
+            progress: bool = True) -> ProcessedData:
+    """Build train/eval samples exactly as training will see them into `out_dir` (no cache; see
+    `ember.data.cache`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     report = DataReport()
-    records = load_records(data, stage, report)
-    if stage == "pt":
-        train = encode_documents(tokenizer, records.train, data.max_length, "train")
-        held = encode_documents(tokenizer, records.eval, data.max_length, "eval") if records.eval else []
-    else:
-        assert renderer is not None
-        if data.num_proc > 1 and len(records.train) > 256:
-            from ember.data.parallel import encode_parallel
-
-            train = encode_parallel(records.train, renderer, data, report, progress)
-        else:
-            train = encode_conversations(records.train, renderer, data, report, progress)
-        held = encode_conversations(records.eval, renderer, data, report, progress=False)
-    report.kept = len(train) + len(held)
+    for warning in tokenizer_warnings(tokenizer):
+        report.warn(warning)
+    record_paths, counts = _read_all(data, recipe, report, out_dir, progress)
+    train_rows, eval_rows = _select(data, counts)
+    ctx = EncodeContext(tokenizer, renderer, data)
+    train_report, eval_report = DataReport(), DataReport()
+    train_files = _encode(train_rows, "train", recipe, ctx, record_paths, out_dir, train_report, progress)
+    eval_files = _encode(eval_rows, "eval", recipe, ctx, record_paths, out_dir, eval_report, False)
+    for path in record_paths:
+        path.unlink()
+    report.merge(train_report)
+    report.merge(eval_report)
+    train, held = Samples(train_files), Samples(eval_files)
     report.train_samples, report.eval_samples = len(train), len(held)
-    report.add_samples(train + held)
-    # pt joins documents with EOS and trains it on purpose, so an EOS that doubles as pad (SmolLM2) is no finding.
-    stops = renderer.stop_token_ids if renderer else [tokenizer.eos_token_id]
-    report.warnings.extend(lint(train + held, tokenizer, stops))
+    report.kept = len(train) + len(held)
+    report.set_lengths(train.lengths() + held.lengths())
     if report.trained_tokens == 0:
-        names = ", ".join(s.path for s in data.datasets)
-        raise DataError(names, None, "the dataset has zero trainable tokens after processing (check mask, "
-                                     "max_length and the skip report)")
-    return ProcessedData(train, held, report, records)
+        raise DataError(", ".join(s.path for s in data.datasets), None, zero_trainable_message(report, data))
+    return ProcessedData(train, held, report)
+
+
+def zero_trainable_message(report: DataReport, data: DataConfig) -> str:
+    counts = [f"{report.read} records read", f"{sum(report.skipped.values())} skipped as invalid",
+              f"{report.dropped_too_long} dropped as longer than max_length={data.max_length}",
+              f"{report.dropped_nothing_to_train} with nothing to train (mask: {data.mask})"]
+    if report.answer_tokens:
+        lost = ", ".join(f"{n} {reason}" for reason, n in report.answer_tokens_lost.items() if n)
+        counts.append(f"answer tokens: {report.answer_tokens} before truncation" + (f", lost: {lost}" if lost else ""))
+    return ("the dataset has zero trainable tokens after processing (" + "; ".join(counts) + "). Check mask, "
+            "max_length, truncation and the skip report")

@@ -1,12 +1,16 @@
-"""What happened to the data: counts, skip reasons, lengths, lints — printed at the end and saved as JSON."""
+"""What happened to the data: counts, skip reasons, answer tokens kept and lost, lengths, lints — printed at the end
+and saved as JSON. Worker processes each fill their own report; `merge` adds them up."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ember.data.render import IGNORE_INDEX, Encoded
+from ember.data.render import Encoded
+
+KEEP_LISTED = 1000  # skipped records / warnings listed by name; beyond that they are only counted
 
 
 @dataclass
@@ -14,45 +18,84 @@ class DataReport:
     read: int = 0
     kept: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason → count
-    skipped_records: list[dict[str, str]] = field(default_factory=list)  # {source, reason}
+    skipped_records: list[dict[str, str]] = field(default_factory=list)  # {source, reason}, the first KEEP_LISTED
     truncated: int = 0
     dropped_too_long: int = 0
     dropped_nothing_to_train: int = 0
     turns_dropped: int = 0
+    split_into: int = 0  # extra samples made by truncation: split
     train_samples: int = 0
     eval_samples: int = 0
     total_tokens: int = 0
     trained_tokens: int = 0
+    answer_tokens: int = 0  # trained tokens the conversations hold before any truncation
+    answer_tokens_lost: dict[str, int] = field(default_factory=dict)  # reason → tokens not trained
     length_percentiles: dict[str, int] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warning_count: int = 0
+    warnings: list[str] = field(default_factory=list)  # the first KEEP_LISTED
 
     def skip(self, source: str, reason: str, group: str | None = None) -> None:
-        """Record one skipped record; the summary counts skips by `group` (default: the full reason)."""
+        """Record one skipped (unreadable or invalid) record; the summary counts skips by `group` (default: the
+        full reason)."""
         key = group or reason
         self.skipped[key] = self.skipped.get(key, 0) + 1
-        self.skipped_records.append({"source": source, "reason": reason})
+        self.skip_sample(source, reason)
+
+    def skip_sample(self, source: str, reason: str) -> None:
+        if len(self.skipped_records) < KEEP_LISTED:
+            self.skipped_records.append({"source": source, "reason": reason})
+
+    def warn(self, message: str) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < KEEP_LISTED:
+            self.warnings.append(message)
+
+    def count_answers(self, total: int, lost: dict[str, int]) -> None:
+        self.answer_tokens += total
+        for reason, tokens in lost.items():
+            self.answer_tokens_lost[reason] = self.answer_tokens_lost.get(reason, 0) + tokens
+
+    def add_sample(self, sample: Encoded) -> None:
+        self.total_tokens += len(sample.input_ids)
+        self.trained_tokens += sample.trained_tokens
+        self.truncated += int(sample.truncated)
+        self.turns_dropped += sample.turns_dropped
+
+    def merge(self, other: "DataReport") -> None:
+        """Add another report's counts (a worker's, a split's) to this one."""
+        for f in dataclasses.fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, int):
+                setattr(self, f.name, mine + theirs)
+            elif isinstance(mine, list):
+                mine.extend(theirs[: max(0, KEEP_LISTED - len(mine))])
+            elif f.name != "length_percentiles":
+                for key, value in theirs.items():
+                    mine[key] = mine.get(key, 0) + value
+
+    def set_lengths(self, lengths: list[int]) -> None:
+        lengths = sorted(lengths)
+        if lengths:
+            self.length_percentiles = {f"p{q}": lengths[min(len(lengths) - 1, int(q / 100 * len(lengths)))]
+                                       for q in (0, 50, 90, 99, 100)}
 
     @property
     def trained_share(self) -> float:
         return self.trained_tokens / self.total_tokens if self.total_tokens else 0.0
 
-    def add_samples(self, samples: list[Encoded]) -> None:
-        lengths = sorted(len(s.input_ids) for s in samples)
-        self.total_tokens += sum(lengths)
-        self.trained_tokens += sum(s.trained_tokens for s in samples)
-        if lengths:
-            self.length_percentiles = {f"p{q}": lengths[min(len(lengths) - 1, int(q / 100 * len(lengths)))]
-                                       for q in (0, 50, 90, 99, 100)}
-        self.truncated += sum(1 for s in samples if s.truncated)
-        self.turns_dropped += sum(s.turns_dropped for s in samples)
+    @property
+    def answer_share_kept(self) -> float:
+        return 1 - sum(self.answer_tokens_lost.values()) / self.answer_tokens if self.answer_tokens else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["trained_share"] = round(self.trained_share, 4)
+        out["answer_tokens_kept"] = self.answer_tokens - sum(self.answer_tokens_lost.values())
         return out
 
     def summary_rows(self) -> list[tuple[str, str]]:
         skipped = sum(self.skipped.values())
+        lost = sum(self.answer_tokens_lost.values())
         rows = [
             ("records read", str(self.read)),
             ("samples kept", f"{self.kept} (train {self.train_samples}, eval {self.eval_samples})"),
@@ -61,23 +104,26 @@ class DataReport:
             ("dropped: nothing to train", str(self.dropped_nothing_to_train)),
             ("truncated", str(self.truncated)),
             ("turns dropped by truncation", str(self.turns_dropped)),
+        ]
+        if self.split_into:
+            rows.append(("extra samples from split conversations", str(self.split_into)))
+        if self.answer_tokens:
+            detail = ", ".join(f"{reason}: {n}" for reason, n in self.answer_tokens_lost.items() if n)
+            rows.append(("answer tokens kept", f"{self.answer_tokens - lost} of {self.answer_tokens} "
+                                               f"({self.answer_share_kept:.1%})" + (f" — lost: {detail}" if detail else "")))
+        rows += [
             ("length percentiles (tokens)", ", ".join(f"{k}={v}" for k, v in self.length_percentiles.items())),
             ("tokens / trained tokens", f"{self.total_tokens} / {self.trained_tokens} ({self.trained_share:.1%})"),
-            ("warnings", str(len(self.warnings))),
+            ("warnings", str(self.warning_count)),
         ]
         return rows
 
 
-def lint(samples: list[Encoded], tokenizer, stop_token_ids: list[int]) -> list[str]:
-    """Warnings a person should look at before training; each names the sample's file:line."""
+def tokenizer_warnings(tokenizer) -> list[str]:
+    """Warnings about the tokenizer itself, once per dataset."""
     out: list[str] = []
     if tokenizer.pad_token is None:
         out.append("tokenizer has no pad token")
     if tokenizer.eos_token is None:
         out.append("tokenizer has no eos token: generation cannot stop")
-    pad = tokenizer.pad_token_id
-    for s in samples:
-        out.extend(s.warnings)
-        if pad is not None and pad not in stop_token_ids and pad in (x for x in s.labels if x != IGNORE_INDEX):
-            out.append(f"{s.source}: the pad token ({tokenizer.pad_token}) is trained in the labels")
     return out

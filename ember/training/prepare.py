@@ -32,9 +32,12 @@ def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True) -> Pre
     from ember.models.loading import load_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    from ember.training.stages import STAGES
+
+    stage = STAGES[cfg.stage]
     renderer = None
-    if cfg.stage != "pt":
+    if stage.needs_template:
         fallback = family_template(cfg) if (cfg.data.template == "auto" and not tokenizer.chat_template) else None
         renderer = build_renderer(cfg.data.template, tokenizer, fallback)
-    data, cached = load_or_process(cfg.data, cfg.stage, tokenizer, renderer, progress)
+    data, cached = load_or_process(cfg.data, stage.recipe, tokenizer, renderer, progress)
     return PreparedData(tokenizer, renderer, data, cached)

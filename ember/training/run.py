@@ -107,7 +107,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         args=args,
         train_dataset=EncodedDataset(prepared.data.train),
         eval_dataset=EncodedDataset(prepared.data.eval) if prepared.data.eval else None,
-        data_collator=_collator(cfg, tokenizer),
+        data_collator=stage.collator(tokenizer, cfg.data.packing),
         processing_class=tokenizer,
         callbacks=[MetadataCallback(metadata), *([LossPlotCallback()] if cfg.output.plot_loss else []), *callbacks],
         optimizers=(_optimizer(model, args, cfg), None),
@@ -135,16 +135,6 @@ def _template_record(renderer, cfg: EmberConfig) -> Optional[dict]:
     if cfg.data.system:
         record["default_system"] = cfg.data.system
     return record
-
-
-def _collator(cfg: EmberConfig, tokenizer):
-    import torch
-
-    from ember.data.collate import PackedCollator, PadCollator
-
-    if cfg.data.packing:
-        return PackedCollator()
-    return PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1)
 
 
 def _fit_embeddings(model, tokenizer, cfg: EmberConfig) -> None:

@@ -32,7 +32,7 @@ def test_yaml_loads_into_typed_sections(config_path):
     cfg = load_config(config_path())
     assert isinstance(cfg, EmberConfig)
     assert cfg.data.datasets == [DatasetSpec(path="data/demo.jsonl")]
-    assert (cfg.data.eval_split, cfg.data.max_length, cfg.data.mask, cfg.data.truncation) == (0.05, 1024, "all_assistant", "turns")
+    assert (cfg.data.eval_split, cfg.data.max_length, cfg.data.mask, cfg.data.truncation) == (0.05, 1024, "all_assistant", "split")
     assert cfg.train.learning_rate == 2.0e-4 and cfg.method.type == "lora" and cfg.output.dir == "runs/demo"
 
 
@@ -95,7 +95,7 @@ def test_unknown_keys_suggest_the_closest_name(config_path, override, message):
     [
         ("data.mask=last_asistant",
          "data.mask: 'last_asistant' is not one of all_assistant, last_assistant, all (did you mean 'last_assistant'?)"),
-        ("data.truncation=middle", "data.truncation: 'middle' is not one of turns, left, right, drop"),
+        ("data.truncation=middle", "data.truncation: 'middle' is not one of split, turns, left, right, drop"),
         ("stage=dpo", "stage: 'dpo' is not one of pt, sft"),
         ("data.datasets=[{path: a.jsonl, format: sharegtp}]",
          "data.datasets[0].format: 'sharegtp' is not one of auto, alpaca, sharegpt, openai, firefly, moss, columns, text "
@@ -167,7 +167,7 @@ def test_yaml_round_trip(config_path, tmp_path):
         ({"datasets": [{"path": "a", "format": "text"}]}, "data.datasets[0] (a): format 'text' is raw text; use stage: pt"),
         ({"datasets": [{"path": "a"}], "eval_split": 1.0}, "data.eval_split=1.0 must be in [0, 1)"),
         ({"datasets": [{"path": "a"}], "max_length": 4}, "data.max_length=4 is too small (use at least 8)"),
-        ({"datasets": [{"path": "a"}], "num_proc": 0}, "data.num_proc must be >= 1"),
+        ({"datasets": [{"path": "a"}], "num_proc": 0}, "data.num_proc must be >= 1 (or unset: the machine's cores)"),
     ],
 )
 def test_cross_field_rules(data, message):

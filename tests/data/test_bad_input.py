@@ -153,14 +153,18 @@ def test_zero_trainable_tokens(write, make_config, prepare, mask):
     record = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "train": False}]}
     path = write("nothing.jsonl", [record, record])
     assert _error(prepare, make_config([{"path": str(path)}], mask=mask)) == (
-        f"{path}: the dataset has zero trainable tokens after processing (check mask, max_length and the skip report)"
+        f"{path}: the dataset has zero trainable tokens after processing (2 records read; 0 skipped as invalid; "
+        f"0 dropped as longer than max_length=1024; 2 with nothing to train (mask: {mask})). Check mask, max_length, "
+        "truncation and the skip report"
     )
 
 
 def test_zero_trainable_tokens_after_skipping_everything(write, make_config, prepare):
     path = write("all_bad.jsonl", _lines(b"{", b"[1, 2]"))
     assert _error(prepare, make_config([{"path": str(path)}], on_error="skip")) == (
-        f"{path}: the dataset has zero trainable tokens after processing (check mask, max_length and the skip report)"
+        f"{path}: the dataset has zero trainable tokens after processing (2 records read; 2 skipped as invalid; "
+        "0 dropped as longer than max_length=1024; 0 with nothing to train (mask: all_assistant)). Check mask, "
+        "max_length, truncation and the skip report"
     )
 
 

@@ -34,7 +34,9 @@ def test_second_run_is_a_cache_hit_with_identical_samples(cached, prepare, tmp_p
     assert (first.from_cache, second.from_cache) == (False, True)
     assert _samples(second) == _samples(first) and len(_samples(first)) == 1
     assert second.data.report.to_dict() == first.data.report.to_dict()
-    assert len(list((tmp_path / "cache").glob("*.pkl"))) == 1
+    entries = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(entries) == 1 and sorted(f.name for f in entries[0].iterdir()) == ["files.json", "report.json",
+                                                                                 "train-00000.arrow"]
 
 
 def test_parallelism_does_not_change_the_key(cached, prepare):

@@ -9,12 +9,13 @@ import pytest
 
 from ember.data.conversation import Conversation
 from ember.data.pipeline import load_records
+from ember.data.recipes import CHAT, TEXT
 from ember.data.report import DataReport
 from ember.errors import DataError
 
 
 def read(cfg) -> list:
-    return load_records(cfg.data, cfg.stage, DataReport()).train
+    return load_records(cfg.data, TEXT if cfg.stage == "pt" else CHAT, DataReport()).train
 
 
 def turns(conv: Conversation) -> list[tuple[str, str]]:
@@ -252,15 +253,15 @@ def test_eval_file_and_eval_split(write, make_config):
     train = str(write("train.jsonl", _numbered(8)))
     held = str(write("dev.jsonl", [{"instruction": "dev", "input": "", "output": "x"}]))
     cfg = make_config([{"path": train}, {"path": held, "split": "eval"}])
-    records = load_records(cfg.data, "sft", DataReport())
+    records = load_records(cfg.data, CHAT, DataReport())
     assert _ids(records.train) == [f"q{i}" for i in range(8)]
     assert _ids(records.eval) == ["dev"]
 
     cfg = make_config([{"path": train}], eval_split=0.25, shuffle=True)
-    records = load_records(cfg.data, "sft", DataReport())
+    records = load_records(cfg.data, CHAT, DataReport())
     assert len(records.train) == 6 and len(records.eval) == 2
     assert sorted(_ids(records.train) + _ids(records.eval)) == sorted(f"q{i}" for i in range(8))
-    again = load_records(cfg.data, "sft", DataReport())
+    again = load_records(cfg.data, CHAT, DataReport())
     assert _ids(again.eval) == _ids(records.eval)  # seeded split
 
 

@@ -107,7 +107,7 @@ def test_report_counts(write, make_config, prepare):
         record(("One?", "1."), ("Two?", "2."), (LONG_QUESTION, "Six.")),    # two rounds dropped, question cut
         record(("Q?", " ".join(["very long answer"] * 30))),                # the answer alone is too long
     ])
-    prepared = prepare(make_config([{"path": str(path)}], max_length=48))
+    prepared = prepare(make_config([{"path": str(path)}], max_length=48, truncation="turns"))
     report = prepared.data.report
     assert [s.source for s in prepared.data.train] == [f"{path}:1", f"{path}:2", f"{path}:3"]
     assert [s.turns_dropped for s in prepared.data.train] == [0, 1, 2]

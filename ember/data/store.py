@@ -1,0 +1,174 @@
+"""On-disk columnar storage for records and samples: Arrow IPC files, written in batches, read memory-mapped.
+
+Nothing here holds a whole dataset in Python objects: writers flush every `batch_rows` rows, readers map the files
+and build one row's Python objects only when it is asked for. A million conversations cost disk, not RAM.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Generic, Optional, TypeVar
+
+import pyarrow as pa
+
+from ember.data.conversation import Conversation, Message
+from ember.data.render import Encoded
+
+T = TypeVar("T")
+
+CONVERSATION_SCHEMA = pa.schema([
+    ("source", pa.string()),
+    ("messages", pa.list_(pa.struct([
+        ("role", pa.string()),
+        ("content", pa.string()),
+        ("train", pa.bool_()),
+        ("weight", pa.float64()),
+        ("tool_calls", pa.string()),  # JSON, or null
+    ]))),
+    ("tools", pa.string()),  # JSON, or null
+    ("meta", pa.string()),  # JSON
+])
+TEXT_SCHEMA = pa.schema([("text", pa.string())])
+TOKENS_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32()))])
+SAMPLE_SCHEMA = pa.schema([
+    ("source", pa.string()),
+    ("input_ids", pa.list_(pa.int32())),
+    ("labels", pa.list_(pa.int32())),
+    ("weights", pa.list_(pa.float32())),  # null unless some token has a weight other than 0 or 1
+    ("length", pa.int32()),
+    ("trained", pa.int32()),
+    ("turns_dropped", pa.int32()),
+    ("truncated", pa.bool_()),
+])
+
+
+def conversation_row(conv: Conversation) -> dict[str, Any]:
+    return {
+        "source": conv.source,
+        "messages": [{"role": m.role, "content": m.content, "train": m.train, "weight": float(m.weight),
+                      "tool_calls": json.dumps(m.tool_calls, ensure_ascii=False) if m.tool_calls else None}
+                     for m in conv.messages],
+        "tools": json.dumps(conv.tools, ensure_ascii=False) if conv.tools is not None else None,
+        "meta": json.dumps(conv.meta, ensure_ascii=False, default=str),
+    }
+
+
+def row_conversation(row: dict[str, Any]) -> Conversation:
+    messages = [Message(m["role"], m["content"], m["train"], m["weight"],
+                        json.loads(m["tool_calls"]) if m["tool_calls"] else None) for m in row["messages"]]
+    tools = json.loads(row["tools"]) if row["tools"] is not None else None
+    return Conversation(messages, row["source"], tools, json.loads(row["meta"]))
+
+
+def sample_row(enc: Encoded) -> dict[str, Any]:
+    return {"source": enc.source, "input_ids": enc.input_ids, "labels": enc.labels, "weights": enc.weights,
+            "length": len(enc.input_ids), "trained": enc.trained_tokens, "turns_dropped": enc.turns_dropped,
+            "truncated": enc.truncated}
+
+
+def row_sample(row: dict[str, Any]) -> Encoded:
+    return Encoded(row["input_ids"], row["labels"], row["source"], row["weights"], row["turns_dropped"],
+                   row["truncated"])
+
+
+class ArrowWriter:
+    """Append rows to one Arrow IPC stream file, a batch at a time."""
+
+    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 1024):
+        self.path, self.schema, self.batch_rows = Path(path), schema, batch_rows
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._sink = pa.OSFile(str(self.path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, schema)
+        self._rows: list[dict[str, Any]] = []
+        self.count = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            self._writer.write_batch(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
+            self.count += len(self._rows)
+            self._rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+        self._sink.close()
+
+    def __enter__(self) -> "ArrowWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_table(paths: Sequence[Path], schema: pa.Schema) -> pa.Table:
+    """The files' rows as one table whose buffers are memory-mapped (no copy into RAM)."""
+    tables = [pa.ipc.open_stream(pa.memory_map(str(p))).read_all() for p in paths]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+class Rows(Generic[T]):
+    """A read-only sequence over Arrow files: `rows[i]` builds one item with `convert(row dict)`."""
+
+    def __init__(self, paths: Sequence[Path], schema: pa.Schema, convert: Callable[[dict[str, Any]], T],
+                 keep: Optional[object] = None):
+        self.paths = [Path(p) for p in paths]
+        self.schema = schema
+        self.convert = convert
+        self._keep = keep  # e.g. the temporary directory the files live in: deleted when this goes
+        self.table = read_table(self.paths, schema)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.convert(self.table.slice(index, 1).to_pylist()[0])
+
+    def __iter__(self) -> Iterator[T]:
+        for batch in self.table.to_batches(max_chunksize=256):
+            for row in batch.to_pylist():
+                yield self.convert(row)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def take(self, indices: Sequence[int]) -> list[T]:
+        return [self.convert(r) for r in self.table.take(pa.array(indices, type=pa.int64())).to_pylist()]
+
+    def column(self, name: str) -> list[Any]:
+        return self.table.column(name).to_pylist()
+
+    # Pickled (e.g. into a DataLoader worker) as file paths; the copy maps the same files and owns nothing.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"paths": self.paths, "schema": self.schema, "convert": self.convert}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Rows.__init__(self, state["paths"], state["schema"], state["convert"])
+
+
+class Samples(Rows[Encoded]):
+    """Training samples (ids, labels, weights) stored in Arrow files; items are `Encoded`."""
+
+    def __init__(self, paths: Sequence[Path], keep: Optional[object] = None):
+        super().__init__(paths, SAMPLE_SCHEMA, row_sample, keep)
+
+    def lengths(self) -> list[int]:
+        return self.column("length")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"paths": self.paths}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Samples.__init__(self, state["paths"])
