@@ -43,7 +43,7 @@ class Encoded:
 
     @property
     def trained_tokens(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 class Renderer:
@@ -232,11 +232,7 @@ class Renderer:
         """Encode many conversations; texts without special-token content are tokenised in one fast batch call."""
         texts = [self.render_text(c.messages, tools=c.tools) for c in convs]
         plain = [i for i, c in enumerate(convs) if not holds_added_token(self.tokenizer, [m.content for m in c.messages])]
-        tokens: dict[int, tuple[list[int], list[tuple[int, int]]]] = {}
-        if plain:
-            batch = self.tokenizer([texts[i] for i in plain], add_special_tokens=False, return_offsets_mapping=True)
-            for j, i in enumerate(plain):
-                tokens[i] = (list(batch["input_ids"][j]), [tuple(o) for o in batch["offset_mapping"][j]])
+        tokens = dict(zip(plain, tokenize_batch(self.tokenizer, [texts[i] for i in plain]), strict=True))
         out = []
         for i, conv in enumerate(convs):
             ids, offsets = tokens[i] if i in tokens else self.tokenize(conv.messages, texts[i], tools=conv.tools)
@@ -244,50 +240,65 @@ class Renderer:
         return out
 
     def _label(self, conv: Conversation, text: str, ids: list[int], offsets, mask: str) -> Encoded:
-        enc = Encoded(ids, [IGNORE_INDEX] * len(ids), conv.source)
-        weights = [0.0] * len(ids)
-        if mask == "all":
-            enc.labels, weights = list(ids), [1.0] * len(ids)
-            if all(m.train is not False and m.weight == 1 for m in conv.messages if m.role == "assistant"):
-                return enc  # nothing to carve out: skip rendering prefixes
+        n = len(ids)
+        enc = Encoded(ids, list(ids) if mask == "all" else [IGNORE_INDEX] * n, conv.source)
+        if mask == "all" and all(m.train is not False and m.weight == 1 for m in conv.messages if m.role == "assistant"):
+            return enc  # nothing to carve out: skip finding the answers
         spans = self.assistant_spans(conv, text)
-        enc.answers = []
         last = spans[-1][0] if spans else -1
-        # Tokens cover the text in order, so starts (and ends) never decrease: find each span by bisection
-        # rather than scanning every token per turn (quadratic on long conversations, and truncation re-encodes).
-        starts = [s for s, _ in offsets]
+        stop_ids = set(self.stop_token_ids)
+        answers, runs = [], []  # runs: (first token, end token, trained, weight) of each answer's labels
         for index, start, end in spans:
             msg = conv.messages[index]
-            trained = msg.train if msg.train is not None else (mask != "last_assistant" or index == last)
-            first = bisect.bisect_left(starts, start)
+            # Tokens cover the text in order, so their start offsets never decrease: bisect instead of scanning.
+            first = bisect.bisect_left(offsets, start, key=_first)
             straddles = first > 0 and offsets[first - 1][1] > start
             if straddles:
                 # A token that merges the end of the role header with the start of the answer (e.g. "Assistant: " +
                 # "Red" → " Red") is the answer's first token: train it, or the answer's start is never learned.
                 first -= 1
-            stop = bisect.bisect_left(starts, end)
-            enc.answers.append((index, first, stop))
-            tokens = list(range(first, stop))
-            stops = [t for t in tokens if ids[t] in self.stop_token_ids]
-            if stops:
-                tokens = [t for t in tokens if t <= stops[-1]]
-            if not trained or msg.weight == 0:
-                for t in tokens:  # only mode `all` has labels here: `train: false` means never trained
-                    enc.labels[t], weights[t] = IGNORE_INDEX, 0.0
-                continue
-            if straddles:
-                enc.warnings.append(
-                    f"{conv.source}: turn {index}: one token spans the role header and the answer; generation "
-                    "prompts end before it, so this template tokenises prompts differently from training"
-                )
-            if not stops:
-                enc.warnings.append(f"{conv.source}: assistant turn {index} has no end-of-turn token to train")
-            for t in tokens:
-                enc.labels[t] = ids[t]
-                weights[t] = msg.weight
-        if any(w not in (0.0, 1.0) for w in weights):
-            enc.weights = weights
+            stop = bisect.bisect_left(offsets, end, key=_first)
+            answers.append((index, first, stop))
+            closing = next((t for t in range(stop - 1, first - 1, -1) if ids[t] in stop_ids), None)
+            upto = closing + 1 if closing is not None else stop  # the span ends with its last end-of-turn token
+            trained = msg.train if msg.train is not None else (mask != "last_assistant" or index == last)
+            runs.append((first, upto, trained and msg.weight != 0, msg.weight))
+            if trained and msg.weight != 0:
+                if straddles:
+                    enc.warnings.append(
+                        f"{conv.source}: turn {index}: one token spans the role header and the answer; generation "
+                        "prompts end before it, so this template tokenises prompts differently from training"
+                    )
+                if closing is None:
+                    enc.warnings.append(f"{conv.source}: assistant turn {index} has no end-of-turn token to train")
+        enc.answers = answers
+        weighted = any(trained and weight != 1 for _, _, trained, weight in runs)
+        weights = ([1.0] * n if mask == "all" else [0.0] * n) if weighted else None
+        for first, upto, trained, weight in runs:
+            # only mode `all` has labels here to take away: `train: false` means never trained
+            enc.labels[first:upto] = ids[first:upto] if trained else [IGNORE_INDEX] * (upto - first)
+            if weights is not None:
+                weights[first:upto] = [weight if trained else 0.0] * (upto - first)
+        enc.weights = weights
         return enc
+
+
+def _first(offset: tuple[int, int]) -> int:
+    return offset[0]
+
+
+def tokenize_batch(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(ids, character offsets) of each text, as `tokenizer(text, add_special_tokens=False)` gives them, in one call
+    to the fast tokenizer's backend (which runs the batch on several threads)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # transformers leaves this flag as its last call set it (`split_special_tokens=True` for protected text)
+        backend.encode_special_tokens = getattr(tokenizer, "split_special_tokens", False)
+        return [(e.ids, e.offsets) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    batch = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(batch["input_ids"], batch["offset_mapping"], strict=True)]
 
 
 def tokenizer_identity(tokenizer) -> str:

@@ -91,7 +91,9 @@ class ArrowWriter:
 
     def flush(self) -> None:
         if self._rows:
-            self._writer.write_batch(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
+            # Column by column: several times faster than from_pylist for long lists of token ids.
+            arrays = [pa.array([row[f.name] for row in self._rows], type=f.type) for f in self.schema]
+            self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
             self.count += len(self._rows)
             self._rows = []
 

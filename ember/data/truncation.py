@@ -123,8 +123,12 @@ class _Rounds:
         self.renderer, self.conv, self.enc, self.max_length, self.mask = renderer, conv, enc, max_length, mask
         self.system = conv.messages[:1] if conv.system is not None else []
         self.rounds = _rounds(conv.messages[len(self.system):])
-        self.bounds = self._boundaries()
         self._encoded: dict[tuple, Encoded] = {}
+        self.bounds = self._boundaries()
+        # Whether estimates are exact for this conversation (the template renders rounds the same wherever they
+        # stand, and tokenisation never merges across a round boundary): decided by the first window encoded.
+        # While they are, a search decides by estimate and only the chosen window is encoded.
+        self.trusted: Optional[bool] = None
 
     def _boundaries(self) -> list[int]:
         """Estimated first token of each round (and the total length at the end), from the full encoding."""
@@ -144,9 +148,10 @@ class _Rounds:
             ends = [end_of[i] for i in range(position - len(messages), position) if i in end_of]
             bounds[r + 1] = ends[-1] if ends else bounds[r]
         bounds[-1] = n
-        if self.system:  # round 0 starts after the system block; its length is a small, once-per-conversation cost
-            bounds[0] = len(self.renderer.encode(Conversation(self.system, self.conv.source), "all").input_ids)
-            bounds[0] = min(bounds[0], bounds[1])
+        # What precedes round 0 (the system block, or a default one the template adds): measured on the last round
+        # alone, which truncation often needs anyway.
+        last = len(self.rounds) - 1
+        bounds[0] = max(0, min(bounds[1], len(self.window(last, last).input_ids) - (n - bounds[last])))
         return bounds
 
     def estimate(self, first: int, last: int) -> int:
@@ -173,14 +178,32 @@ class _Rounds:
     def fits(self, enc: Encoded) -> bool:
         return len(enc.input_ids) <= self.max_length
 
+    def window_fits(self, first: int, last: int, trained_from: Optional[int] = None) -> bool:
+        if self.trusted:
+            return self.estimate(first, last) <= self.max_length
+        enc = self.window(first, last, trained_from)
+        if self.trusted is None:
+            self.trusted = len(enc.input_ids) == self.estimate(first, last)
+        return self.fits(enc)
+
+    def checked(self, first: int, last: int, trained_from: Optional[int] = None) -> bool:
+        """Encode the window a search chose by estimate; if it does not fit after all, stop trusting estimates."""
+        if self.fits(self.window(first, last, trained_from)):
+            return True
+        self.trusted = False
+        return False
+
     def _dropped_answers(self, first: int) -> int:
         return sum(1 for r in self.rounds[:first] for m in r if m.role == "assistant")
 
     # -- truncation: turns -----------------------------------------------------------------------------------
     def turns(self) -> Optional[Encoded]:
         last = len(self.rounds) - 1
-        guess = next((k for k in range(1, last + 1) if self.estimate(k, last) <= self.max_length), last)
-        first = _smallest(0, last, guess, lambda k: self.fits(self.window(k, last)))
+        while True:
+            guess = next((k for k in range(1, last + 1) if self.estimate(k, last) <= self.max_length), last)
+            first = _smallest(0, last, guess, lambda k: self.window_fits(k, last))
+            if first is None or self.checked(first, last):
+                break
         if first is not None:
             enc = self.window(first, last)
         else:
@@ -214,9 +237,12 @@ class _Rounds:
         while start < end:
             # The most rounds from `start` on that fit together (k rounds back from the end of the range).
             span = end - start
-            guess = next((k for k in range(span, 0, -1) if self.estimate(start, start + k - 1) <= self.max_length), 1)
-            fewest_dropped = _smallest(-1, span - 1, span - guess,
-                                       lambda d: self.fits(self.window(start, start + span - 1 - d, start)))
+            while True:
+                guess = next((k for k in range(span, 0, -1) if self.estimate(start, start + k - 1) <= self.max_length), 1)
+                fewest_dropped = _smallest(-1, span - 1, span - guess,
+                                           lambda d: self.window_fits(start, start + span - 1 - d, start))
+                if fewest_dropped is None or self.checked(start, start + span - 1 - fewest_dropped, start):
+                    break
             if fewest_dropped is None:  # the round does not fit even alone: cut its question, then its answer
                 sample, answer_lost = self._squeeze(start)
                 lost += answer_lost
@@ -226,8 +252,11 @@ class _Rounds:
                 continue
             last = start + span - 1 - fewest_dropped
             # Then as much earlier context as fits in front of it.
-            guess = next((c for c in range(0, start + 1) if self.estimate(c, last) <= self.max_length), start)
-            first = _smallest(-1, start, guess, lambda c: self.fits(self.window(c, last, start)))
+            while True:
+                guess = next((c for c in range(0, start + 1) if self.estimate(c, last) <= self.max_length), start)
+                first = _smallest(-1, start, guess, lambda c: self.window_fits(c, last, start))
+                if first is None or self.checked(first, last, start):
+                    break
             sample = self.window(first if first is not None else start, last, start)
             if sample.trained_tokens:
                 samples.append(replace(sample, truncated=True, turns_dropped=0))
