@@ -129,17 +129,17 @@ class Row:
         return Completion(self.text, len(self.prompt), self.generated, self.finish_reason, self.logprobs)
 
     def _emit(self, upto: str, final: bool = False) -> None:
+        """Stream the text up to `upto` (and, first, the logprob entries of the tokens it completes)."""
+        piece = ""
         if len(upto) > len(self.emitted) and upto.startswith(self.emitted):
             piece, self.emitted = upto[len(self.emitted):], upto
-            released = self._release(len(upto), final)
-            if self.on_text is not None:
-                self.on_text(piece)
-            if released and self.on_logprobs is not None:
-                self.on_logprobs(released)
-        elif final:
-            released = self._release(len(upto), final)
-            if released and self.on_logprobs is not None:
-                self.on_logprobs(released)
+        elif not final:
+            return
+        released = self._release(len(self.emitted), final)
+        if released and self.on_logprobs is not None:
+            self.on_logprobs(released)
+        if piece and self.on_text is not None:
+            self.on_text(piece)
 
     def _release(self, upto: int, final: bool) -> list[TokenLogprob]:
         """Logprob entries of the tokens whose text is now all streamed (all of them at the end)."""

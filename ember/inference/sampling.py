@@ -60,8 +60,11 @@ class Sampler:
         scores = self._penalised(logits)
         if self.constraint is not None:
             allowed = self.constraint.allowed()
-            if allowed is not None:
-                scores = scores.masked_fill(~allowed.to(scores.device)[: scores.shape[-1]], float("-inf"))
+            if allowed is not None:  # rows past the tokenizer (padded vocabularies) are never allowed
+                mask = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+                size = min(len(allowed), scores.shape[-1])
+                mask[:size] = allowed[:size].to(scores.device)
+                scores = scores.masked_fill(~mask, float("-inf"))
         token = self._sample(scores) if o.do_sample else int(torch.argmax(scores))
         self.accept(token)
         return token, (self._entry(token, logprobs) if logprobs is not None else None)

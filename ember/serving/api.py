@@ -1,8 +1,15 @@
 """`ember serve`: an OpenAI-compatible HTTP API over one Engine.
 
-Routes: POST /v1/chat/completions, POST /v1/completions (raw prompt text), GET /v1/models, GET /health.
-Generation runs on the batching queue's worker thread; handlers wait on it without blocking the event loop.
-A streaming client that goes away cancels its rows at the next token; so does a waiting non-stream client.
+Routes: POST /v1/chat/completions, POST /v1/completions (raw prompt text), GET /v1/models, GET /health, and the
+OpenAPI document at GET /openapi.json (behind the API key; there is no Swagger page, which would load its
+scripts from a CDN). Prompts are rendered and tokenized on a worker thread, never on the event loop; generation
+runs on the continuous-batching scheduler's thread; handlers wait on both without blocking the event loop, so a
+big request never stalls /health or another client's stream. A streaming client that goes away cancels its rows
+at the next token; so does a waiting non-stream client.
+
+Every error is OpenAI's JSON body: 400 for anything invalid (`param` names the field), 401, 404, 405 (with
+`Allow`), 413 for a body over `max_request_bytes`, and a 500 that says nothing internal (the traceback is logged
+once). None of them closes a keep-alive connection.
 """
 
 from __future__ import annotations
@@ -11,23 +18,30 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 
 from ember.errors import EmberError
-from ember.inference.engine import Completion, Engine, GenerationOptions
+from ember.inference.completion import Completion, GenerationOptions
+from ember.inference.constraints import GrammarCompiler
+from ember.inference.engine import Engine
+from ember.serving import openapi as O
 from ember.serving import protocol as P
 from ember.serving.batching import BatchScheduler, Job
 
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_REQUEST_BYTES = 1 << 20
 
 
 def context_length(engine: Engine) -> int:
@@ -55,18 +69,25 @@ class _Bridge:
     def on_text(self, index: int, piece: str) -> None:
         self._put(("text", index, piece))
 
+    def on_logprobs(self, index: int, entries) -> None:
+        self._put(("logprobs", index, entries))
+
     def on_done(self, result: object) -> None:
         self._put(("done", result, None))
 
 
 class Server:
     def __init__(self, engine: Engine, model_name: str, defaults: Optional[GenerationOptions] = None,
-                 max_batch: int = 8, batch_window_s: float = 0.01):
+                 max_batch: int = 8, prefill_chunk: int = 512):
         self.engine = engine
         self.model_name = model_name
         self.defaults = replace(defaults or GenerationOptions(), num_beams=1, stop=[], seed=None)
         self.context_length = context_length(engine)
-        self.scheduler = BatchScheduler(engine, max_rows=max_batch, window_s=batch_window_s)
+        self.max_batch = max(1, max_batch)
+        self.scheduler = BatchScheduler(engine, max_rows=self.max_batch, prefill_chunk=prefill_chunk)
+        self.grammars = GrammarCompiler(engine.tokenizer, engine.stop_ids)
+        self.vocab = len(engine.tokenizer)
+        self.tokenizing = threading.Lock()  # one prompt at a time through the tokenizer (its Rust side is shared)
         self.created = int(time.time())
 
     # -- request → job -----------------------------------------------------------------------------------------
@@ -74,6 +95,12 @@ class Server:
         if name != self.model_name:
             raise P.APIError(404, f"The model '{name}' does not exist; this server serves '{self.model_name}'",
                              param="model", code="model_not_found")
+
+    def check_rows(self, rows: int, param: str) -> None:
+        if rows > self.max_batch:
+            raise P.APIError(400, f"This request asks for {rows} sequences (n × prompts); one request may ask for at "
+                             f"most {self.max_batch} (the server's --max-batch). Send fewer choices or prompts per "
+                             "request.", param=param, code="too_many_sequences")
 
     def limit(self, prompt_tokens: int, requested: Optional[int], what: str) -> int:
         ctx = self.context_length
@@ -90,9 +117,16 @@ class Server:
                              param=what, code="context_length_exceeded")
         return requested
 
-    def options(self, req: P.SamplingRequest, max_new_tokens: int) -> GenerationOptions:
+    def options(self, req: P.SamplingRequest, max_new_tokens: int, top_logprobs: Optional[int]) -> GenerationOptions:
         """temperature unset → the server's defaults; 0 → greedy; > 0 → sampling at that temperature."""
-        o = replace(self.defaults, max_new_tokens=max_new_tokens, stop=list(req.stop), seed=req.seed)
+        bias = req.logit_bias or {}
+        outside = sorted(t for t in bias if t >= self.vocab)
+        if outside:
+            raise P.APIError(400, f"logit_bias names token ids outside the vocabulary (0..{self.vocab - 1}): "
+                             f"{outside[:5]}", param="logit_bias")
+        o = replace(self.defaults, max_new_tokens=max_new_tokens, stop=req.stops, seed=req.seed,
+                    presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+                    logit_bias=dict(bias), top_logprobs=top_logprobs)
         if req.temperature is not None:
             o = replace(o, do_sample=req.temperature > 0, temperature=req.temperature or 1.0)
         if req.top_p is not None:
@@ -100,25 +134,49 @@ class Server:
         return o
 
     def chat_prompt(self, req: P.ChatCompletionRequest) -> list[int]:
+        """Runs on a worker thread: rendering and tokenizing a long history takes a while."""
         try:
-            return self.engine.prompt_ids(req.as_messages())
+            with self.tokenizing:
+                return self.engine.prompt_ids(req.as_messages())
         except EmberError as exc:  # the chat template refused these messages (e.g. roles out of order)
             raise P.APIError(400, str(exc), param="messages") from None
 
-    def text_prompt(self, prompt, index: int) -> list[int]:
-        ids = list(prompt) if isinstance(prompt, list) else self.engine.tokenizer(prompt)["input_ids"]
-        if not ids:
-            raise P.APIError(400, f"prompt[{index}] is empty", param="prompt")
-        vocab = len(self.engine.tokenizer)
-        if any(not 0 <= t < vocab for t in ids):
-            raise P.APIError(400, f"prompt[{index}] holds token ids outside 0..{vocab - 1}", param="prompt")
-        return ids
+    def text_prompts(self, req: P.CompletionRequest) -> tuple[list[list[int]], list[str]]:
+        """Token ids and the text to echo for each prompt (worker thread)."""
+        ids, texts = [], []
+        with self.tokenizing:
+            for index, prompt in enumerate(req.prompts()):
+                if isinstance(prompt, str):
+                    tokens, text = self.engine.tokenizer(prompt)["input_ids"], prompt
+                else:
+                    tokens = list(prompt)
+                    if any(t >= self.vocab for t in tokens):
+                        raise P.APIError(400, f"prompt[{index}] holds token ids outside 0..{self.vocab - 1}",
+                                         param="prompt")
+                    text = self.engine.tokenizer.decode(tokens) if req.echo else ""
+                if not tokens:
+                    raise P.APIError(400, f"prompt[{index}] encodes to no tokens", param="prompt")
+                ids.append(tokens)
+                texts.append(text)
+        return ids, texts
+
+    def constraint(self, req: P.SamplingRequest) -> Optional[Callable]:
+        """The per-row JSON constraint `response_format` asks for (compiled on a worker thread)."""
+        fmt = getattr(req, "response_format", None)
+        if fmt is None or fmt.type == "text":
+            return None
+        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
+        try:
+            return self.grammars.json(schema).constraint
+        except EmberError as exc:
+            raise P.APIError(400, str(exc), param="response_format") from None
 
     # -- running ----------------------------------------------------------------------------------------------
     def submit(self, prompts: list[list[int]], options: GenerationOptions, stream: bool,
-               limits: Optional[list[int]] = None) -> tuple[Job, _Bridge]:
+               limits: Optional[list[int]] = None, constraint: Optional[Callable] = None) -> tuple[Job, _Bridge]:
         bridge = _Bridge(asyncio.get_running_loop())
-        job = Job(prompts, options, on_done=bridge.on_done, on_text=bridge.on_text if stream else None, limits=limits)
+        job = Job(prompts, options, on_done=bridge.on_done, on_text=bridge.on_text if stream else None,
+                  limits=limits, on_logprobs=bridge.on_logprobs if stream else None, constraint=constraint)
         self.scheduler.submit(job)
         return job, bridge
 
@@ -133,27 +191,36 @@ class Server:
                         job.cancel.set()
                     continue
                 if kind == "done":
-                    return _raise_failure(value)
+                    if isinstance(value, BaseException):
+                        raise P.APIError(500, "Generation failed; the server log has the details.",
+                                         type="server_error")
+                    return value
         finally:
             job.cancel.set()  # a no-op once done; stops the rows if this handler is cancelled
 
-    async def events(self, job: Job, bridge: _Bridge, chunk, first: Optional[dict], usage_prompt: Optional[int]
+    async def events(self, job: Job, bridge: _Bridge, chunk, first: list[dict], usage_prompt: Optional[int]
                      ) -> AsyncIterator[str]:
-        """SSE lines for a streaming job; `chunk(index=..., **fields)` builds one event's payload."""
+        """SSE lines for a streaming job; `chunk(index=..., **fields)` builds one event's payload; `first[i]` is
+        what choice i's first chunk carries (chat: the role; completions with echo: the prompt text)."""
+        pending: dict[int, list] = {}
         try:
-            if first is not None:
-                for index in range(len(job.prompts)):
-                    yield _sse(chunk(index=index, **first))
+            for index, fields in enumerate(first):
+                if fields:
+                    yield _sse(chunk(index=index, **fields))
             while True:
                 kind, a, b = await bridge.queue.get()
+                if kind == "logprobs":
+                    pending.setdefault(a, []).extend(b)
+                    continue
                 if kind == "text":
-                    yield _sse(chunk(index=a, **_delta(first, b)))
+                    yield _sse(chunk(index=a, logprobs=pending.pop(a, None), **_delta(chunk, b)))
                     continue
                 if isinstance(a, BaseException):
-                    yield _sse(_failure_body(a))
+                    yield _sse(P.error_body("Generation failed; the server log has the details.", type="server_error"))
                     break
                 for index, c in enumerate(a):
-                    yield _sse(chunk(index=index, finish_reason=c.finish_reason, **_delta(first, None)))
+                    yield _sse(chunk(index=index, finish_reason=c.finish_reason, logprobs=pending.pop(index, None),
+                                     **_delta(chunk, None)))
                 if usage_prompt is not None:
                     yield _sse(chunk(usage_=P.usage(a, usage_prompt)))
                 break
@@ -162,8 +229,8 @@ class Server:
             job.cancel.set()  # the client went away mid-stream (or we are done): stop generating
 
 
-def _delta(first: Optional[dict], text: Optional[str]) -> dict[str, Any]:
-    if first is not None:  # chat: {"delta": {"content": ...}}
+def _delta(chunk, text: Optional[str]) -> dict[str, Any]:
+    if chunk.chat:  # chat: {"delta": {"content": ...}}
         return {"delta": {} if text is None else {"content": text}}
     return {"text": text or ""}
 
@@ -172,28 +239,20 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _raise_failure(value):
-    if isinstance(value, BaseException):
-        raise P.APIError(500, f"generation failed: {value}", type="server_error") from value
-    return value
-
-
-def _failure_body(exc: BaseException) -> dict:
-    return P.error_body(f"generation failed: {exc}", type="server_error")
-
-
 def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
-               defaults: Optional[GenerationOptions] = None, max_batch: int = 8,
-               batch_window_s: float = 0.01) -> FastAPI:
+               defaults: Optional[GenerationOptions] = None, max_batch: int = 8, prefill_chunk: int = 512,
+               max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
     """The API app. `api_key` (if set) is required as `Authorization: Bearer KEY` on every route but /health."""
-    server = Server(engine, model_name, defaults, max_batch, batch_window_s)
+    server = Server(engine, model_name, defaults, max_batch, prefill_chunk)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         server.scheduler.close()
 
-    app = FastAPI(title="Ember", description=f"OpenAI-compatible API serving {model_name}", lifespan=lifespan)
+    app = FastAPI(title="Ember", version="1", description=f"OpenAI-compatible API serving {model_name}",
+                  lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  middleware=[Middleware(_BodyLimit, max_bytes=max_request_bytes), Middleware(_CatchAll)])
     app.state.server = server
     _install_error_handlers(app)
 
@@ -210,64 +269,149 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses={200: {"model": O.Health}})
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name, **server.scheduler.totals}
+        return {"status": "ok", "model": model_name, **server.scheduler.totals, **server.scheduler.load}
 
-    @v1.get("/models")
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(O.document(app))
+
+    @v1.get("/models", response_model=None, responses={200: {"model": O.ModelList}, 401: O.ERRORS[401]})
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [_model_card(server)]}
 
-    @v1.get("/models/{name:path}")
+    @v1.get("/models/{name:path}", response_model=None,
+            responses={200: {"model": O.ModelCard}, 401: O.ERRORS[401], 404: O.MODEL_ERRORS[404]})
     async def model(name: str) -> dict[str, Any]:
         server.check_model(name)
         return _model_card(server)
 
-    @v1.post("/chat/completions")
+    @v1.post("/chat/completions", response_model=None, responses=O.generation_responses(O.ChatCompletion))
     async def chat_completions(req: P.ChatCompletionRequest, request: Request):
-        req.refuse_unsupported()
         server.check_model(req.model)
-        prompt = server.chat_prompt(req)
-        options = server.options(req, server.limit(len(prompt), req.token_limit, "messages"))
-        job, bridge = server.submit([prompt] * req.n, options, req.stream)
+        server.check_rows(req.n, "n")
+        prompt = await run_in_threadpool(server.chat_prompt, req)
+        options = server.options(req, server.limit(len(prompt), req.token_limit, "messages"), req.top_logprobs_wanted)
+        constraint = await run_in_threadpool(server.constraint, req)
+        job, bridge = server.submit([prompt] * req.n, options, req.stream, constraint=constraint)
         rid = P.new_id("chatcmpl")
         if req.stream:
             created = int(time.time())
-            chunk = lambda **kw: P.chat_chunk(rid, model_name, created, **kw)  # noqa: E731
-            first = {"delta": {"role": "assistant", "content": ""}}
+            chunk = _chunker(lambda **kw: P.chat_chunk(rid, model_name, created, **kw), chat=True)
+            first = [{"delta": {"role": "assistant", "content": ""}}] * req.n
             usage_prompt = len(prompt) if req.include_usage else None
             return StreamingResponse(server.events(job, bridge, chunk, first, usage_prompt),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
         completions = await server.result(job, bridge, request)
         return P.chat_response(rid, model_name, completions, len(prompt))
 
-    @v1.post("/completions")
+    @v1.post("/completions", response_model=None, responses=O.generation_responses(O.TextCompletion))
     async def completions(req: P.CompletionRequest, request: Request):
-        req.refuse_unsupported()
         server.check_model(req.model)
-        prompts = [server.text_prompt(p, i) for i, p in enumerate(req.prompts())]
+        server.check_rows(req.n * len(req.prompts()), "n" if req.n > 1 else "prompt")
+        prompts, texts = await run_in_threadpool(server.text_prompts, req)
         limits = [server.limit(len(p), req.max_tokens, "prompt") for p in prompts]
-        options = server.options(req, max(limits))
+        options = server.options(req, max(limits), req.logprobs)
         rows = [p for p in prompts for _ in range(req.n)]
+        echoed = [t for t in texts for _ in range(req.n)] if req.echo else None
         job, bridge = server.submit(rows, options, req.stream, [n for n in limits for _ in range(req.n)])
         rid = P.new_id("cmpl")
         prompt_tokens = sum(len(p) for p in prompts)
         if req.stream:
             created = int(time.time())
-            chunk = lambda **kw: P.text_chunk(rid, model_name, created, **kw)  # noqa: E731
+            chunk = _chunker(lambda **kw: P.text_chunk(rid, model_name, created, **kw), chat=False)
+            first = [{"text": t} if t else {} for t in echoed] if echoed else [{}] * len(rows)
             usage_prompt = prompt_tokens if req.include_usage else None
-            return StreamingResponse(server.events(job, bridge, chunk, None, usage_prompt),
+            return StreamingResponse(server.events(job, bridge, chunk, first, usage_prompt),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
         done = await server.result(job, bridge, request)
-        return P.text_response(rid, model_name, done, prompt_tokens)
+        return P.text_response(rid, model_name, done, prompt_tokens, echoed)
 
     app.include_router(v1)
     return app
 
 
+class _chunker:
+    """Builds one SSE payload; `chat` says which delta shape the endpoint streams."""
+
+    def __init__(self, build: Callable[..., dict], chat: bool):
+        self.build, self.chat = build, chat
+
+    def __call__(self, **fields) -> dict:
+        return self.build(**fields)
+
+
 def _model_card(server: Server) -> dict[str, Any]:
     return {"id": server.model_name, "object": "model", "created": server.created, "owned_by": "ember",
             "context_length": server.context_length}
+
+
+TOO_LARGE = "ember.body_too_large"
+
+
+class _BodyLimit:
+    """Answers 413 for a body over `max_bytes`: at once when Content-Length says so, else as soon as the bytes
+    read pass the limit (the rest is never read, so a 50 MB body costs nothing)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            return await _too_large(self.max_bytes)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:  # the handler sees a client that went away; http_error answers 413
+                    scope[TOO_LARGE] = self.max_bytes
+                    return {"type": "http.disconnect"}
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(P.error_body(f"The request body is larger than this server accepts (at most {limit:,} bytes; "
+                                     "see --max-request-bytes).", param=None), status_code=413)
+
+
+class _CatchAll:
+    """Turns an unexpected exception into OpenAI's 500 body, logged once, with the connection kept open.
+
+    (Starlette's own last-resort handler re-raises after answering, so the server logs the traceback a second
+    time and drops the keep-alive connection.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                body = P.error_body("The server had an error while processing your request; the server log has "
+                                    "the details.", type="server_error")
+                await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -280,25 +424,36 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse(P.error_body("We could not parse the JSON body of your request: "
-                                             f"{errors[0].get('msg', 'invalid JSON')}. Send valid JSON "
-                                             "with Content-Type: application/json."), status_code=400)
+                                             f"{errors[0].get('ctx', {}).get('error', 'invalid JSON')}. Send valid "
+                                             "JSON with Content-Type: application/json."), status_code=400)
         first = errors[0] if errors else {}
         where = [str(x) for x in first.get("loc", ()) if x != "body"]
-        param = ".".join(where) or None
-        message = f"Invalid value for '{param}': {first.get('msg', 'invalid request')}" if param else \
-            f"Invalid request: {first.get('msg', 'invalid request')}"
+        param = _param(where) or None
+        text = _message(first)
+        message = f"Invalid value for '{param}': {text}" if param else f"Invalid request: {text}"
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         return JSONResponse(P.error_body(message, param=param), status_code=400)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(P.error_body(f"internal error: {type(exc).__name__}: {exc}", type="server_error"),
-                            status_code=500)
-
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(P.error_body(f"{request.method} {request.url.path}: {exc.detail}", type=kind),
-                            status_code=exc.status_code)
+        status = exc.status_code
+        kind = "not_found_error" if status == 404 else "invalid_request_error"
+        if TOO_LARGE in request.scope:
+            return _too_large(request.scope[TOO_LARGE])
+        if status == 400:
+            message = "We could not parse the body of your request: send one JSON object (nested at most a few " \
+                      "hundred levels deep) with Content-Type: application/json."
+        else:
+            message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(P.error_body(message, type=kind), status_code=status, headers=exc.headers)
+
+
+def _param(where: list[str]) -> str:
+    """`loc` without pydantic's union-branch labels (e.g. `list[TextPart]`, `function-after[...]`)."""
+    return ".".join(w for w in where if not any(c in w for c in "[]()") and w not in ("str", "int", "float", "bool"))
+
+
+def _message(error: dict) -> str:
+    msg = error.get("msg", "invalid value")
+    return msg.removeprefix("Value error, ")

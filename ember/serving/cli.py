@@ -21,18 +21,50 @@ def _load(args):
     return engine, options_from_args(args, getattr(engine.model, "generation_config", None))
 
 
+def bind_port(host: str, port: int):
+    """Take the port before anything slow happens, so a busy port fails in a second, not after the model loads.
+
+    Raises:
+        ConfigError: the address is in use or cannot be bound (the message names it and the fix).
+    """
+    import socket
+
+    from ember.errors import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}. Another server may be using the port: "
+                          "stop it or pick another --port.") from None
+    return sock
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
     from ember.serving.api import create_app
 
-    engine, defaults = _load(args)
-    name = args.model_name or engine.loaded.name
-    app = create_app(engine, name, api_key=args.api_key, defaults=defaults, max_batch=args.max_batch,
-                     batch_window_s=args.batch_window_ms / 1000)
-    auth = "API key required" if args.api_key else "no API key"
-    print(f"serving '{name}' at http://{args.host}:{args.port}/v1  ({auth}; Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    sock = bind_port(args.host, args.port)
+    try:
+        engine, defaults = _load(args)
+        name = args.model_name or engine.loaded.name
+        app = create_app(engine, name, api_key=args.api_key, defaults=defaults, max_batch=args.max_batch,
+                         prefill_chunk=args.prefill_chunk, max_request_bytes=args.max_request_bytes)
+        auth = "API key required" if args.api_key else "no API key"
+        print(f"serving '{name}' at http://{args.host}:{sock.getsockname()[1]}/v1  ({auth}; Ctrl-C stops)",
+              flush=True)
+        config = uvicorn.Config(app, log_level="info" if args.verbose else "warning")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
@@ -55,9 +87,11 @@ def register(sub) -> None:
                    help="require 'Authorization: Bearer KEY' (default: $EMBER_API_KEY; unset = open)")
     p.add_argument("--model-name", default=None,
                    help="the name clients pass as `model` (default: the --model dir name)")
-    p.add_argument("--max-batch", type=int, default=8, help="most sequences generated together in one batch")
-    p.add_argument("--batch-window-ms", type=float, default=10.0,
-                   help="how long the first waiting request waits for others to batch with")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="most sequences generated at once (continuous batching); also the most one request may ask for")
+    p.add_argument("--prefill-chunk", type=int, default=512,
+                   help="most prompt tokens prefilled between two decoding steps (long prompts go in chunks)")
+    p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="larger request bodies get a 413")
     add_generation_options(p)
     p.set_defaults(func=cmd_serve)
 

@@ -95,7 +95,8 @@ def test_models_health_and_auth(client, api):
     assert client.models.retrieve(MODEL).id == MODEL
     health = httpx.get(f"{api.url}/health").json()  # no key needed
     assert (health["status"], health["model"]) == ("ok", MODEL)
-    assert health["batches"] == len(api.scheduler.history) and health["rows"] >= health["batches"]
+    assert health["jobs"] == len(api.scheduler.history) and health["rows"] >= health["jobs"]
+    assert health["steps"] > 0 and health["row_steps"] >= health["steps"] and health["waiting"] >= 0
     for headers, code in (({}, "missing_api_key"), ({"Authorization": "Bearer wrong"}, "invalid_api_key")):
         for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")):
             r = httpx.request(method, f"{api.url}{path}", headers=headers, json={})
@@ -153,8 +154,8 @@ def test_bad_json_is_400_with_openai_error_body(api):
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     "messages[0].content"),
-    ({"presence_penalty": 1.0}, "presence_penalty"),
+     "messages.0.content"),
+    ({"presence_penalty": 3.0}, "presence_penalty"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
 ])
 def test_invalid_parameters_are_400(api, body, param):

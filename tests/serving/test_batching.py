@@ -1,12 +1,13 @@
-"""The batching queue: requests that arrive together share one generate call; sampling settings never mix."""
+"""Continuous batching: jobs join the running batch between decoding steps, each row keeps its own settings."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from ember.inference.engine import GenerationOptions
+from ember.inference.completion import GenerationOptions
 from ember.serving.batching import BatchScheduler, Job
 
 QUESTIONS = ("a", "bb bb", "c c c c c c")
@@ -14,11 +15,10 @@ QUESTIONS = ("a", "bb bb", "c c c c c c")
 
 @pytest.fixture
 def scheduler(tiny_engine):
-    """A queue with a long window (0.3 s), so jobs submitted back to back surely meet."""
     made: list[BatchScheduler] = []
 
-    def make(max_rows: int = 8) -> BatchScheduler:
-        made.append(BatchScheduler(tiny_engine, max_rows=max_rows, window_s=0.3))
+    def make(max_rows: int = 8, prefill_chunk: int = 512) -> BatchScheduler:
+        made.append(BatchScheduler(tiny_engine, max_rows=max_rows, prefill_chunk=prefill_chunk))
         return made[-1]
 
     yield make
@@ -26,39 +26,67 @@ def scheduler(tiny_engine):
         s.close()
 
 
-def run_jobs(scheduler: BatchScheduler, jobs: list[Job], timeout: float = 60) -> None:
+def run_jobs(scheduler: BatchScheduler, jobs: list[Job], timeout: float = 60, gap_s: float = 0.0) -> list[int]:
+    """Submit `jobs` (`gap_s` apart) and wait for all; returns the job indices in the order they finished."""
     done = threading.Semaphore(0)
-    for job in jobs:
+    order: list[int] = []
+    for i, job in enumerate(jobs):
         inner = job.on_done
-        job.on_done = lambda result, inner=inner: (inner(result), done.release())
+        job.on_done = lambda result, inner=inner, i=i: (inner(result), order.append(i), done.release())
         scheduler.submit(job)
+        time.sleep(gap_s)
     for _ in jobs:
         assert done.acquire(timeout=timeout)
+    return order
 
 
 def prompt(engine, text: str) -> list[int]:
     return engine.prompt_ids([{"role": "user", "content": text}])
 
 
-def test_jobs_arriving_together_run_as_one_batch_with_their_own_answers(tiny_engine, scheduler):
+def test_jobs_with_different_settings_share_the_batch_and_get_their_alone_answers(tiny_engine, scheduler):
     queue = scheduler()
     results: dict[int, object] = {}
-    jobs = [Job([prompt(tiny_engine, q)], GenerationOptions(max_new_tokens=4 + i),
+    jobs = [Job([prompt(tiny_engine, q)], GenerationOptions(max_new_tokens=12 + i),
                 on_done=lambda r, i=i: results.__setitem__(i, r)) for i, q in enumerate(QUESTIONS)]
-    jobs.append(Job([prompt(tiny_engine, "a")], GenerationOptions(max_new_tokens=4, do_sample=True, seed=3),
-                    on_done=lambda r: results.__setitem__(3, r)))
-    run_jobs(queue, jobs)
-    assert [(r.jobs, r.rows) for r in queue.history] == [(3, 3), (1, 1)]  # the seeded sampling job runs alone
+    seeded = GenerationOptions(max_new_tokens=12, do_sample=True, seed=3)
+    jobs.append(Job([prompt(tiny_engine, "a")] * 2, seeded, on_done=lambda r: results.__setitem__(3, r)))
+    run_jobs(queue, jobs, gap_s=0.01)  # arriving one after another, they join the running batch
+    assert queue.totals["peak_rows"] > 1 and queue.totals["row_steps"] > queue.totals["steps"]
     for i, q in enumerate(QUESTIONS):
-        alone = tiny_engine.generate([{"role": "user", "content": q}], GenerationOptions(max_new_tokens=4 + i))
+        alone = tiny_engine.generate([{"role": "user", "content": q}], GenerationOptions(max_new_tokens=12 + i))
         assert [c.text for c in results[i]] == [alone.text]
+    alone = BatchScheduler(tiny_engine)
+    try:
+        again: list = []
+        run_jobs(alone, [Job([prompt(tiny_engine, "a")] * 2, seeded, on_done=again.append)])
+    finally:
+        alone.close()
+    assert [c.text for c in results[3]] == [c.text for c in again[0]]  # the seed gave the same draws beside others
+    assert results[3][0].text != results[3][1].text  # and the two choices are drawn independently
 
 
-def test_max_rows_splits_big_groups(tiny_engine, scheduler):
+def test_rows_in_flight_never_exceed_max_rows_and_a_job_may_not_either(tiny_engine, scheduler):
     queue = scheduler(max_rows=3)
     p = prompt(tiny_engine, "hi")
-    run_jobs(queue, [Job([p, p], GenerationOptions(max_new_tokens=2), on_done=lambda r: None) for _ in range(3)])
-    assert [r.rows for r in queue.history] == [2, 2, 2]
+    run_jobs(queue, [Job([p, p], GenerationOptions(max_new_tokens=4), on_done=lambda r: None) for _ in range(3)])
+    assert queue.totals["peak_rows"] == 2  # a job of two waits until both its rows fit beside the running ones
+    with pytest.raises(ValueError, match="1..3 rows"):
+        queue.submit(Job([p] * 4, GenerationOptions(), on_done=lambda r: None))
+
+
+def test_a_short_request_is_not_kept_waiting_behind_a_long_prompt(tiny_engine, scheduler):
+    """The long prompt is prefilled 16 tokens per step; the short request arrives after it and finishes first."""
+    queue = scheduler(prefill_chunk=16)
+    long_prompt = prompt(tiny_engine, "word " * 1500)
+    assert len(long_prompt) > 1500
+    got: dict[str, list] = {}
+    jobs = [Job([long_prompt], GenerationOptions(max_new_tokens=4), on_done=lambda r: got.__setitem__("long", r)),
+            Job([prompt(tiny_engine, "hi")], GenerationOptions(max_new_tokens=4),
+                on_done=lambda r: got.__setitem__("short", r))]
+    assert run_jobs(queue, jobs) == [1, 0]
+    alone = tiny_engine.generate([{"role": "user", "content": "word " * 1500}], GenerationOptions(max_new_tokens=4))
+    assert got["long"][0].text == alone.text
 
 
 def test_a_job_cancelled_while_waiting_never_runs(tiny_engine, scheduler):
@@ -68,4 +96,4 @@ def test_a_job_cancelled_while_waiting_never_runs(tiny_engine, scheduler):
     job.cancel.set()
     run_jobs(queue, [job])
     assert [c.finish_reason for c in got[0]] == ["cancelled"]
-    assert list(queue.history) == []
+    assert list(queue.history) == [] and queue.totals["steps"] == 0
