@@ -246,13 +246,14 @@ def looks_like_hub_id(path: str) -> bool:
     return len(parts) == 2 and all(parts) and not path.startswith((".", "/")) and "." not in Path(path).suffix
 
 
-def _iter_hub(repo_id: str, split: str, subset: Optional[str], streaming: bool) -> Iterator[RecordItem]:
+def _iter_hub(repo_id: str, split: str, subset: Optional[str], streaming: bool,
+              data_files: Optional[str] = None) -> Iterator[RecordItem]:
     """A `datasets` hub id (needs network access); `streaming` reads rows as they arrive instead of downloading the
-    whole set first."""
+    whole set first. `data_files` narrows the repository to some of its files."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(repo_id, subset, split=split, streaming=streaming)
+        ds = datasets.load_dataset(repo_id, subset, split=split, streaming=streaming, data_files=data_files)
     except Exception as exc:  # network, auth, missing repo: the message is the user's lead
         raise DataError(repo_id, None, f"could not load from the hub: {exc}") from None
     for i, row in enumerate(ds, start=1):

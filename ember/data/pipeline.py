@@ -166,9 +166,13 @@ def _encode_task(rows: list[int], shard: Path) -> tuple[Path, DataReport]:
 
 def _encode(rows: list[int], split: str, recipe: Recipe, ctx: EncodeContext, record_paths: list[Path], work: Path,
             report: DataReport, progress: bool) -> list[Path]:
-    processes = min(num_processes(ctx.data), max(1, len(rows) // MIN_ROWS_PER_PROCESS))
+    if ctx.data.num_proc:  # asked for: honoured (up to one process per task)
+        processes = ctx.data.num_proc
+    else:
+        processes = min(num_processes(ctx.data), max(1, len(rows) // MIN_ROWS_PER_PROCESS))
     size = max(64, min(TASK_ROWS, math.ceil(len(rows) / (processes * 4))))
     tasks = [(rows[i: i + size], work / f"{split}-{i // size:05d}.arrow") for i in range(0, len(rows), size)]
+    processes = min(processes, len(tasks))
     shards: list[Optional[Path]] = [None] * len(tasks)
     bar = _progress(len(rows), f"encoding {split}", "conv" if recipe.name == "chat" else "doc", progress and bool(rows))
     if processes <= 1:

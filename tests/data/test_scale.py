@@ -1,0 +1,208 @@
+"""The data path at scale: answer spans in linear time (counted in template renders), split truncation that trains
+every answer once, streaming reads, parallel encoding that changes nothing."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from ember.data.conversation import Conversation, Message
+from ember.data.preview import spans
+from ember.data.render import IGNORE_INDEX, Renderer
+from ember.data.truncation import LOST_CUT, fit_samples
+
+SYSTEM = Message("system", "Be brief.")
+
+
+def chat(rounds: int, system: bool = True, long_every: int = 0) -> Conversation:
+    messages = [SYSTEM] if system else []
+    for r in range(rounds):
+        answer = f"Answer {r}: " + ("and so on " * 12 if long_every and r % long_every == 0 else "ok.")
+        messages += [Message("user", f"Question {r}?"), Message("assistant", answer)]
+    return Conversation(messages, f"chat.jsonl:{rounds}")
+
+
+def trained_runs(enc, tokenizer) -> list[str]:
+    return [tokenizer.decode(ids) for trained, ids in spans(enc) if trained]
+
+
+@pytest.fixture
+def fresh(smol_tokenizer):
+    """A renderer of its own (its span layout starts empty)."""
+    return Renderer(smol_tokenizer)
+
+
+def test_spans_cost_two_renders_per_conversation_whatever_its_length(fresh):
+    fresh.encode(chat(3))  # the first conversations are checked against exact prefix renders (audit)
+    fresh.encode(chat(3, system=False))
+    fresh.encode(chat(5))
+    for rounds in (4, 40, 160):
+        before = fresh.render_calls
+        fresh.encode(chat(rounds))
+        assert fresh.render_calls - before == 2, rounds  # the conversation and its skeleton, nothing per turn
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 7, 160])
+@pytest.mark.parametrize("system", [True, False])
+def test_linear_spans_equal_exact_prefix_rendering(fresh, rounds, system):
+    for conv in (chat(3), chat(2, system=False), chat(rounds, system)):
+        text = fresh.render_text(conv.messages)
+        assert fresh.assistant_spans(conv, text) == fresh.exact_spans(conv, text)
+    assert not fresh.layout.exact_only
+
+
+def test_a_template_whose_answers_depend_on_their_position_falls_back_to_exact_spans(tmp_path, tokenizer_copy):
+    from ember.data.setup import build_renderer
+
+    numbered = ("{%- for m in messages %}<|im_start|>{{ m.role }}{% if m.role == 'assistant' %} {{ loop.index }}"
+                "{% endif %}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
+                "{%- if add_generation_prompt %}<|im_start|>assistant {{ messages|length + 1 }}\n{%- endif %}")
+    path = tmp_path / "numbered.jinja"
+    path.write_text(numbered, encoding="utf-8")
+    renderer = build_renderer(str(path), tokenizer_copy)
+    renderer.layout.audits_left = 0  # no audit: only the glue comparison guards against reuse
+    for conv in (chat(2), chat(6)):
+        text = renderer.render_text(conv.messages)
+        assert renderer.assistant_spans(conv, text) == renderer.exact_spans(conv, text)
+
+
+def test_turns_truncation_costs_a_few_encodings_not_one_per_dropped_round(fresh):
+    fresh.encode(chat(3))
+    fresh.encode(chat(5))
+    costs = {}
+    for rounds in (40, 160):
+        conv = chat(rounds)
+        enc = fresh.encode(conv)
+        before = fresh.render_calls
+        out = fit_samples(fresh, conv, enc, "turns", 200, "all_assistant").samples[0]
+        costs[rounds] = fresh.render_calls - before
+        assert len(out.input_ids) <= 200 < len(fresh.encode(Conversation([SYSTEM, *conv.messages[-2 * (rounds - out.turns_dropped) - 2:]])).input_ids)
+    assert costs[160] == costs[40] <= 8, costs
+
+
+def test_split_trains_every_answer_exactly_once_with_the_context_that_fits(renderer, smol_tokenizer):
+    conv = chat(12, long_every=4)
+    full = renderer.encode(conv)
+    fitted = fit_samples(renderer, conv, full, "split", 96, "all_assistant")
+    samples = fitted.samples
+    assert len(samples) > 2 and all(len(s.input_ids) <= 96 for s in samples)
+    answers = [m.content + "<|im_end|>" for m in conv.messages if m.role == "assistant"]
+    assert [run for s in samples for run in trained_runs(s, smol_tokenizer)] == answers  # once each, in order
+    assert sum(s.trained_tokens for s in samples) == full.trained_tokens and fitted.lost == {}
+    for s in samples:
+        text = smol_tokenizer.decode(s.input_ids)
+        assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")  # the system prompt stays
+        first_question = int(text.split("<|im_start|>user\nQuestion ")[1].split("?")[0])
+        # as much earlier context as fits: one more round in front would not
+        if first_question > 0:
+            trained_from = int(trained_runs(s, smol_tokenizer)[0].split(":")[0].removeprefix("Answer "))
+            earlier = [SYSTEM, *conv.messages[1 + 2 * (first_question - 1): 1 + 2 * (trained_from + len(trained_runs(s, smol_tokenizer)))]]
+            assert len(renderer.encode(Conversation(earlier)).input_ids) > 96
+
+
+def test_split_keeps_a_conversation_that_fits_as_it_is(renderer):
+    conv = chat(3)
+    enc = renderer.encode(conv)
+    fitted = fit_samples(renderer, conv, enc, "split", 1024, "all_assistant")
+    assert fitted.samples == [enc] and fitted.answer_tokens == enc.trained_tokens
+
+
+def test_split_cuts_an_answer_that_alone_is_too_long_from_the_right_and_counts_it(renderer, smol_tokenizer):
+    long_answer = " ".join(f"word{i}" for i in range(80))
+    conv = Conversation([SYSTEM, Message("user", "Short?"), Message("assistant", "Yes."),
+                         Message("user", "Tell me everything."), Message("assistant", long_answer)], "long.jsonl:1")
+    full = renderer.encode(conv)
+    fitted = fit_samples(renderer, conv, full, "split", 48, "all_assistant")
+    first, cut = fitted.samples
+    assert trained_runs(first, smol_tokenizer) == ["Yes.<|im_end|>"]
+    assert len(cut.input_ids) == 48 and cut.input_ids == renderer.encode(
+        Conversation([SYSTEM, conv.messages[3], conv.messages[4]])).input_ids[:48]
+    kept = cut.trained_tokens
+    assert long_answer.startswith(trained_runs(cut, smol_tokenizer)[0])  # the answer's start, no end-of-turn
+    assert fitted.lost == {LOST_CUT: full.trained_tokens - first.trained_tokens - kept}
+
+
+def test_report_states_answer_tokens_kept_and_lost_per_reason(write, make_config, prepare):
+    long_answer = " ".join(f"word{i}" for i in range(80))
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."},
+                          {"role": "user", "content": "More?"},
+                          {"role": "assistant", "content": long_answer if i == 0 else "No."}]} for i in range(3)]
+    path = write("chats.jsonl", rows)
+    split = prepare(make_config([{"path": str(path)}], max_length=64)).data.report
+    turns = prepare(make_config([{"path": str(path)}], max_length=64, truncation="turns")).data.report
+    assert split.answer_tokens == turns.answer_tokens > 0
+    assert set(split.answer_tokens_lost) == {LOST_CUT}
+    assert sum(split.answer_tokens_lost.values()) < sum(turns.answer_tokens_lost.values())
+    assert split.to_dict()["answer_tokens_kept"] == split.answer_tokens - split.answer_tokens_lost[LOST_CUT]
+    assert ("answer tokens kept", f"{split.to_dict()['answer_tokens_kept']} of {split.answer_tokens} "
+            f"({split.answer_share_kept:.1%}) — lost: {LOST_CUT}: {split.answer_tokens_lost[LOST_CUT]}") in split.summary_rows()
+
+
+def test_worker_processes_split_the_same_way(write, make_config, prepare):
+    rows = [{"messages": [m for r in range(1 + i % 9) for m in (
+        {"role": "user", "content": f"Question {i}.{r}?"},
+        {"role": "assistant", "content": f"Answer {i}.{r}" + " more" * (40 * (i % 7 == 0))})]} for i in range(300)]
+    path = write("many.jsonl", rows)
+    one, two = (prepare(make_config([{"path": str(path)}], max_length=80, num_proc=n)) for n in (1, 2))
+    assert [(s.source, s.input_ids, s.labels) for s in one.data.train] == \
+           [(s.source, s.input_ids, s.labels) for s in two.data.train]
+    assert one.data.report.to_dict() == two.data.report.to_dict()
+    assert one.data.report.split_into > 0
+
+
+def test_a_record_over_max_record_bytes_is_a_skippable_error_naming_its_line(write, make_config, prepare):
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    huge = {"messages": [{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "y"}]}
+    path = write("big.jsonl", [good, huge, good])
+    size = len(json.dumps(huge).encode()) + 1
+    report = prepare(make_config([{"path": str(path)}], on_error="skip", max_record_bytes=2048)).data.report
+    assert report.skipped_records == [{"source": f"{path}:2", "reason": f"record of {size:,} bytes is over "
+                                       "data.max_record_bytes=2,048: raise the limit or split the record"}]
+    assert (report.read, report.kept) == (3, 2)
+
+
+def test_a_json_array_streams_records_across_read_chunks(write, monkeypatch):
+    from ember.data import files
+
+    monkeypatch.setattr(files, "_CHUNK", 7)  # records straddle many reads
+    records = [{"instruction": f"q{i}", "input": "", "output": "答" * i} for i in range(30)]
+    path = write("many.json", records)
+    got = list(files.iter_records(str(path)))
+    assert [r for _, r in got] == records
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [int(s.rsplit(":", 1)[1]) for s, _ in got] == [i + 1 for i, line in enumerate(lines) if line.strip() == "{"]
+
+
+def test_formats_are_detected_per_file_inside_a_folder(write, make_config, prepare):
+    write("mixed/a.json", [{"instruction": "Say hi", "input": "", "output": "hi"}])
+    write("mixed/b.jsonl", [{"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}])
+    write("mixed/c.jsonl", [{"messages": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "q"}]}])
+    path = write("mixed/d.csv", [{"prompt": "u", "response": "v"}]).parent
+    report = prepare(make_config([{"path": str(path)}])).data.report
+    assert (report.read, report.kept, report.skipped) == (4, 4, {})
+
+
+def test_hub_datasets_stream_through_the_datasets_api(write):
+    """The hub reader with streaming on, pointed at a local file through the same `datasets` call (offline)."""
+    from ember.data.files import _iter_hub
+
+    rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(5)]
+    path = write("local.jsonl", rows)
+    got = list(_iter_hub("json", "train", None, True, data_files=str(path)))
+    assert [r for _, r in got] == rows
+    assert [s for s, _ in got] == [f"json[train]:row {i}" for i in range(1, 6)]
+
+
+def test_cache_hit_maps_the_stored_samples(write, make_config, prepare, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}]}
+            for i in range(50)]
+    path = write("c.jsonl", rows)
+    cfg = make_config([{"path": str(path)}], cache=True, cache_dir=str(tmp_path / "cache"))
+    first, second = prepare(cfg), prepare(copy.deepcopy(cfg))
+    assert (first.from_cache, second.from_cache) == (False, True)
+    assert [s.input_ids for s in second.data.train] == [s.input_ids for s in first.data.train]
+    assert all(str(p).startswith(str(tmp_path / "cache")) for p in second.data.train.paths)
+    assert second.data.train.lengths() == [len(s.input_ids) for s in first.data.train]
+    assert all(label == IGNORE_INDEX for label in second.data.train[0].labels[:3])
