@@ -139,7 +139,12 @@ ERRORS = {
     500: _error("Generation failed"),
 }
 MODEL_ERRORS = {**ERRORS, 404: _error("The `model` is not the one this server serves")}
-STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+# OpenAPI 3.1 reads an event stream's `schema` as the schema of one event.
+STREAM = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"event": {"type": "string"}, "id": {"type": "string"},
+                   "data": {"type": "string", "description": "one JSON chunk (chat.completion.chunk or "
+                                                             "text_completion), or [DONE] at the end"}}}}}
 
 
 def generation_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:

@@ -26,6 +26,7 @@ MIN_TEMPERATURE = 0.01  # below this (but above 0) float32 sampling overflows; 0
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300
 INT64 = 2**63
+MAX_TOKENS = 2**31 - 1  # far above any context length, and exact as a JSON number
 
 
 class APIError(Exception):
@@ -134,7 +135,7 @@ class SamplingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: Text
-    max_tokens: Optional[int] = Field(None, ge=1, lt=INT64)
+    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
     temperature: Temperature = None
     top_p: Optional[float] = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
@@ -238,7 +239,7 @@ ResponseFormat = Annotated[Union[TextFormat, JsonObjectFormat, JsonSchemaRespons
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, lt=INT64)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: Optional[ResponseFormat] = None
