@@ -127,17 +127,27 @@ class BatchScheduler:
             if job.cancel.is_set():
                 job.on_done([Completion("", len(p), 0, "cancelled") for p in job.prompts])
                 continue
-            running = _Running(job)
-            o = job.options
-            for index, prompt in enumerate(job.prompts):
-                limit = job.limits[index] if job.limits else o.max_new_tokens
-                row = Row(list(prompt), limit, list(o.stop), on_text=_bind(job.on_text, index), cancel=job.cancel,
-                          on_logprobs=_bind(job.on_logprobs, index))
-                running.rows.append(row)
-                self._owner[id(row)] = (running, index)
-                self._decoder.add(row, o, seed=None if o.seed is None else row_seed(o.seed, index),
-                                  constraint=job.constraint() if job.constraint else None)
+            try:
+                self._start(job)
+            except Exception as exc:  # e.g. its constraint could not be built: that job fails, no other
+                log.error("could not start a job: %s: %s", type(exc).__name__, exc)
+                self._decoder.prefilling = [s for s in self._decoder.prefilling if s.row.cancel is not job.cancel]
+                for key in [k for k, (r, _) in self._owner.items() if r.job is job]:
+                    del self._owner[key]
+                job.on_done(exc)
             self.totals["peak_rows"] = max(self.totals["peak_rows"], self._decoder.rows)
+
+    def _start(self, job: Job) -> None:
+        running = _Running(job)
+        o = job.options
+        for index, prompt in enumerate(job.prompts):
+            limit = job.limits[index] if job.limits else o.max_new_tokens
+            row = Row(list(prompt), limit, list(o.stop), on_text=_bind(job.on_text, index), cancel=job.cancel,
+                      on_logprobs=_bind(job.on_logprobs, index))
+            running.rows.append(row)
+            self._owner[id(row)] = (running, index)
+            self._decoder.add(row, o, seed=None if o.seed is None else row_seed(o.seed, index),
+                              constraint=job.constraint() if job.constraint else None)
 
     def _finish(self, row: Row) -> None:
         running, index = self._owner.pop(id(row))

@@ -97,3 +97,21 @@ def test_a_job_cancelled_while_waiting_never_runs(tiny_engine, scheduler):
     run_jobs(queue, [job])
     assert [c.finish_reason for c in got[0]] == ["cancelled"]
     assert list(queue.history) == [] and queue.totals["steps"] == 0
+
+
+def test_a_job_that_cannot_start_fails_alone_and_the_worker_goes_on(tiny_engine, scheduler):
+    queue = scheduler()
+
+    def broken_constraint():
+        raise RuntimeError("no grammar")
+
+    got: dict[str, object] = {}
+    jobs = [Job([prompt(tiny_engine, "hi")], GenerationOptions(max_new_tokens=3), constraint=broken_constraint,
+                on_done=lambda r: got.__setitem__("broken", r)),
+            Job([prompt(tiny_engine, "hi")], GenerationOptions(max_new_tokens=3),
+                on_done=lambda r: got.__setitem__("fine", r))]
+    run_jobs(queue, jobs)
+    assert isinstance(got["broken"], RuntimeError)
+    assert [c.text for c in got["fine"]] == [tiny_engine.generate([{"role": "user", "content": "hi"}],
+                                                                  GenerationOptions(max_new_tokens=3)).text]
+    assert queue.load == {"waiting": 0, "running": 0}

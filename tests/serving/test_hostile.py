@@ -259,3 +259,17 @@ def test_a_chunked_body_over_the_limit_is_413_too(api):
     r = httpx.post(f"{api.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
                    content=chunks(), timeout=60)
     assert_openai_error(r, 413)
+
+
+def test_a_failed_generation_is_a_plain_500_and_the_server_goes_on(api, monkeypatch, caplog):
+    def boom(finished):
+        raise RuntimeError("secret tensor detail")
+
+    monkeypatch.setattr(api.scheduler._decoder, "_decode", boom)
+    with caplog.at_level(logging.ERROR):
+        r = chat(api)
+    error = assert_openai_error(r, 500)
+    assert error["type"] == "server_error" and "secret" not in error["message"]
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == [
+        "generation failed for 1 rows: RuntimeError: secret tensor detail"]  # one line, no traceback
+    assert chat(api).status_code == 200  # a fresh decoder took over
