@@ -1,6 +1,7 @@
 """`ember <command>`: a table of commands. Each handler takes parsed args and returns an exit code.
 
-User mistakes (EmberError) print one readable line and exit 2; they never show a traceback.
+User mistakes (EmberError) print one readable line and exit 2 (3: training stopped itself, e.g. diverged); they
+never show a traceback.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -8,9 +8,18 @@ import re
 class EmberError(Exception):
     """A problem with the user's input or setup; the message says what and how to fix it."""
 
+    exit_code = 2  # what `ember` exits with after printing the message
+
 
 class ConfigError(EmberError):
     """An invalid configuration key, value or combination."""
+
+
+class TrainingStopped(EmberError):
+    """Training stopped before its end on purpose (diverged, or a checkpoint could not be written); the message
+    names the cause, what was kept and how to continue."""
+
+    exit_code = 3
 
 
 class DataError(EmberError):

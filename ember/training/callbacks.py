@@ -1,4 +1,4 @@
-"""Callbacks: loss curve PNG at the end, Ember's metadata inside every checkpoint (so any checkpoint is servable)."""
+"""Callbacks: loss curve PNG at the end (Ember's metadata goes into every checkpoint through EmberTrainer)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,11 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ember.core.artifacts import write_metadata
-
 
 class LossPlotCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             plot_loss(state.log_history, Path(args.output_dir) / "loss.png")
-
-
-class MetadataCallback(TrainerCallback):
-    def __init__(self, metadata: dict):
-        self.metadata = metadata
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                write_metadata(ckpt, **self.metadata)
 
 
 def plot_loss(log_history: list[dict], path: Path) -> bool:

@@ -36,15 +36,31 @@ def say(message: str) -> None:
 
 
 def resolve_resume(cfg: EmberConfig) -> Optional[str]:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint to continue from: `auto` takes the newest complete one and names the incomplete ones it passed
+    over; an explicit path must be complete."""
+    from ember.training import checkpoints
 
     value = cfg.train.resume_from_checkpoint
     out = Path(cfg.output.dir)
     if value == "auto":
-        return get_last_checkpoint(str(out)) if out.is_dir() else None
+        found = checkpoints.scan(out)
+        if found.partial:
+            say(f"resume: ignoring {len(found.partial)} incomplete checkpoint(s): {found.describe_partial()}")
+        if found.newest is None:
+            say(f"resume: no complete checkpoint in {out}; starting from step 0")
+            return None
+        say(f"resume: continuing from {found.newest}")
+        return str(found.newest)
     if value:
-        if not Path(value).is_dir():
+        path = Path(value)
+        if not path.is_dir():
             raise ConfigError(f"train.resume_from_checkpoint: {value} is not a checkpoint directory")
+        why = checkpoints.problem(path)
+        if why is not None:
+            raise ConfigError(
+                f"train.resume_from_checkpoint: {value} is not a complete checkpoint ({why}); "
+                "train.resume_from_checkpoint=auto takes the newest complete one"
+            )
         return value
     if out.is_dir() and any(out.glob("checkpoint-*")) and not cfg.output.overwrite:
         raise ConfigError(
@@ -65,7 +81,8 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from ember.models.loading import detect_family, load_model
     from ember.core.hardware import resolve_dtype
     from ember.training.arguments import training_arguments
-    from ember.training.callbacks import LossPlotCallback, MetadataCallback
+    from ember.training import checkpoints
+    from ember.training.callbacks import LossPlotCallback
     from ember.training.stages import STAGES
     from ember.training.trainer import EmberTrainer
 
@@ -78,6 +95,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         (out / "ember_run.yaml").write_text(config_yaml, encoding="utf-8")
+        checkpoints.clear_staging(out)  # leftovers of an interrupted save (already reported by resolve_resume)
     set_seed(cfg.train.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -109,9 +127,10 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         eval_dataset=EncodedDataset(prepared.data.eval) if prepared.data.eval else None,
         data_collator=stage.collator(tokenizer, cfg.data.packing),
         processing_class=tokenizer,
-        callbacks=[MetadataCallback(metadata), *([LossPlotCallback()] if cfg.output.plot_loss else []), *callbacks],
+        callbacks=[*([LossPlotCallback()] if cfg.output.plot_loss else []), *callbacks],
         optimizers=(_optimizer(model, args, cfg), None),
         loss_fn=stage.loss,
+        metadata=metadata,
     )
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))

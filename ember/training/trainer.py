@@ -1,23 +1,36 @@
-"""`transformers.Trainer` with Ember's loss (token-mean over the whole accumulation step, optional weights)."""
+"""`transformers.Trainer` with Ember's loss (token-mean over the whole accumulation step, optional weights) and
+atomic checkpoints (ember.training.checkpoints)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ember.core.artifacts import write_metadata
+from ember.errors import TrainingStopped
 from ember.models.forward import accepts_logits_to_keep
+from ember.training import checkpoints
 from ember.training.losses import trained_positions
 
 
 class EmberTrainer(Trainer):
-    """Uses the public `compute_loss_func` hook; `loss_weights` travel beside the batch, not into the model."""
+    """Uses the public `compute_loss_func` hook; `loss_weights` travel beside the batch, not into the model.
 
-    def __init__(self, *args, loss_fn: Callable[..., torch.Tensor], **kwargs):
+    `metadata` (`write_metadata` arguments) goes into every checkpoint before it is sealed, so any checkpoint is
+    servable and its manifest covers those files too.
+    """
+
+    def __init__(self, *args, loss_fn: Callable[..., torch.Tensor], metadata: Optional[dict] = None, **kwargs):
         self._loss_fn = loss_fn
+        self._metadata = metadata or {}
+        self._staging: Optional[Path] = None
         self._weights: Optional[torch.Tensor] = None
         self._positions: Optional[torch.Tensor] = None
         self._keeps_logits: Optional[bool] = None
@@ -55,3 +68,50 @@ class EmberTrainer(Trainer):
         if "loss" in logs or self._clock is None:
             self._clock = (now, self._tokens_seen)
         super().log(logs, start_time)
+
+    # ---- atomic checkpoints ----
+    # transformers 5.x `_save_checkpoint` writes `<_get_output_dir()>/checkpoint-N` (weights, optimizer, scheduler,
+    # RNG, trainer state) and then rotates that folder's checkpoints. Pointing `_get_output_dir` at the staging
+    # folder for the duration of one save makes it write there and leaves its rotation nothing to delete; the
+    # checkpoint is then sealed, renamed into place and rotated here. tests/training/test_atomic_checkpoints.py
+    # kills a run at each step of this sequence.
+
+    def _get_output_dir(self, trial) -> str:
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        out = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged = checkpoints.staging_root(out) / name
+        if self.args.should_save:
+            shutil.rmtree(staged, ignore_errors=True)  # a leftover of an interrupted save of this step
+        self.accelerator.wait_for_everyone()
+        self._staging = staged.parent
+        try:
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every rank's files (RNG states, shards) are in the folder
+            if self.args.should_save:
+                self._seal(staged, out / name)
+        except Exception as exc:  # a full disk surfaces as OSError, torch's RuntimeError or safetensors' own error
+            shutil.rmtree(staged, ignore_errors=True)
+            newest = checkpoints.scan(out).newest
+            kept = f"the newest complete checkpoint, {newest}, is kept" if newest else "no complete checkpoint exists yet"
+            raise TrainingStopped(
+                f"could not write {name} into {out}: {exc}; {kept}. Free space (or fix the permissions) and continue "
+                "with train.resume_from_checkpoint=auto"
+            ) from exc
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()
+
+    def _seal(self, staged: Path, final: Path) -> None:
+        best = self.state.best_model_checkpoint
+        if best is not None and Path(best).parent == staged.parent:
+            # The Trainer recorded where it wrote; the checkpoint will live under its final name.
+            self.state.best_model_checkpoint = str(final.parent / Path(best).name)
+            self.state.save_to_json(str(staged / checkpoints.TRAINER_STATE))
+        if self._metadata:
+            write_metadata(staged, **self._metadata)
+        checkpoints.write_manifest(staged, self.state.global_step)
+        checkpoints.publish(staged, final)
+        checkpoints.rotate(final.parent, self.args.save_total_limit, keep=self.state.best_model_checkpoint)
