@@ -1,10 +1,11 @@
-"""Benchmark: data-path throughput (read + convert + render + tokenize + label + truncate) with SmolLM2's tokenizer.
+"""Benchmark: data-path throughput (read + convert + render + tokenize + label + truncate + store) with SmolLM2.
 
-For three real sets from ../shared/data (or $EMBER_SHARED_DATA) — ShareGPT (MedicalGPT sharegpt_zh, long multi-turn
-Chinese), MOSS (7 files, multi-turn) and Alpaca (alpaca_zh, single-turn) — it runs the same `prepare_data` that
-`ember data` and `ember train` use, with the cache off, at num_proc 1 and 2, then times a cache miss (process + write)
-and a cache hit. It prints samples/s and tokens/s (tokens = the ids of the kept samples). Measured, not asserted:
-on a shared machine the load average (printed) moves these numbers a lot.
+For three real sets from ../shared/data (or $EMBER_SHARED_DATA) — ShareGPT-zh (MedicalGPT, long multi-turn
+Chinese), MOSS (7 files, multi-turn) and Alpaca-zh (single-turn) — it runs the `prepare_data` that `ember data`
+and `ember train` use, cache off, with 1 and 2 encoding processes, then times a cache miss (process + write) and a
+cache hit. Then the cost per token of long conversations: the same real rounds joined into 4-round and into
+160-round conversations, encoded with no length limit (labelling only) and at max_length 1024 (split truncation).
+Prints seconds and tokens/s with the load average: on a shared machine the load moves these numbers a lot.
 
     python bench/data_throughput.py                 # prints; add --out bench/results/data_throughput.txt to save
 """
@@ -12,6 +13,7 @@ on a shared machine the load average (printed) moves these numbers a lot.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -32,24 +34,45 @@ SETS = {
 }
 
 
-def config(path: Path, max_length: int, num_proc: int, cache_dir: str | None = None):
+def config(path: Path, max_length: int, num_proc: int, cache_dir: str | None = None, truncation: str = "split"):
     from ember.config import EmberConfig, from_dict, validate
 
-    data = {
-        "datasets": [{"path": str(path)}],
-        "max_length": max_length,
-        "num_proc": num_proc,
-        "on_error": "skip",  # sharegpt_zh holds one record without an answer
-        "cache": cache_dir is not None,
-        "cache_dir": cache_dir,
-    }
+    data = {"datasets": [{"path": str(path)}], "max_length": max_length, "num_proc": num_proc, "on_error": "skip",
+            "cache": cache_dir is not None, "cache_dir": cache_dir, "truncation": truncation}
     return validate(from_dict(EmberConfig, {"stage": "sft", "data": data}, "bench"))
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+def timed(fn, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def joined_rounds(path: Path, rounds: int, total_rounds: int, out: Path) -> None:
+    """Real user/assistant rounds from `path`, regrouped into conversations of `rounds` rounds each."""
+    from ember.data.files import iter_records
+    from ember.data.formats import convert, detect_format
+    from ember.errors import DataError
+
+    pairs: list[list[dict]] = []
+    for source, record in iter_records(str(path)):
+        try:
+            if isinstance(record, DataError):
+                continue
+            conv = convert(detect_format(record), record, source, {})
+        except DataError:
+            continue
+        msgs = [m for m in conv.messages if m.role in ("user", "assistant")]
+        pairs += [[{"role": "user", "content": a.content}, {"role": "assistant", "content": b.content}]
+                  for a, b in zip(msgs[::2], msgs[1::2]) if a.role == "user" and b.role == "assistant"]
+    pairs = (pairs * (total_rounds // len(pairs) + 1))[:total_rounds]
+    with open(out, "w", encoding="utf-8") as f:
+        for i in range(0, total_rounds, rounds):
+            messages = [m for pair in pairs[i: i + rounds] for m in pair]
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
 
 
 def main() -> None:
@@ -58,54 +81,66 @@ def main() -> None:
     parser.add_argument("--out", help="also write the report to this file")
     args = parser.parse_args()
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoTokenizer
 
-    from ember.training.prepare import prepare_data
-    from ember.data.pipeline import load_records
-    from ember.data.report import DataReport
     from ember.models.loading import resolve_source
+    from ember.training.prepare import prepare_data
 
     base = shared_data()
     tokenizer = AutoTokenizer.from_pretrained(resolve_source("smollm2-135m-instruct"))
+    prepare = lambda cfg: prepare_data(cfg, tokenizer, progress=False)  # noqa: E731
+    prepare(config(base / SETS["alpaca_zh"], 64, 1))  # warm imports and the template compile
     lines = [
-        "# ember data throughput (read + convert + render + tokenize + label + truncate)",
-        f"tokenizer: SmolLM2-135M-Instruct ({type(tokenizer).__name__}), template: its own chat template, "
-        f"max_length={args.max_length}, truncation=turns, mask=all_assistant",
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"load average at start {os.getloadavg()[0]:.1f}",
+        "# ember data throughput (read + convert + render + tokenize + label + truncate + store)",
+        f"tokenizer: SmolLM2-135M-Instruct, its own chat template, max_length={args.max_length}, truncation=split, "
+        f"mask=all_assistant; TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', 'unset (on)')}",
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average at start {os.getloadavg()[0]:.2f}",
         "",
-        f"{'set':12s} {'records':>7s} {'kept':>6s} {'tokens':>9s} {'read s':>7s} "
-        f"{'np=1 s':>7s} {'samples/s':>9s} {'tokens/s':>9s} {'np=2 s':>7s} {'samples/s':>9s} {'tokens/s':>9s} "
-        f"{'miss s':>7s} {'hit s':>7s} {'no-cut s':>8s} {'samples/s':>9s}",
+        f"{'set':12s} {'records':>7s} {'samples':>7s} {'tokens':>9s} {'np=1 s':>7s} {'tokens/s':>9s} {'np=2 s':>7s} "
+        f"{'tokens/s':>9s} {'np2/np1':>7s} {'miss s':>7s} {'hit s':>6s} {'load':>5s}",
     ]
     print("\n".join(lines), flush=True)
     for name, rel in SETS.items():
         path = base / rel
-        _, read_s = timed(lambda: load_records(config(path, args.max_length, 1).data, "sft", DataReport()))
         row = []
         for num_proc in (1, 2):
-            prepared, seconds = timed(lambda: prepare_data(config(path, args.max_length, num_proc), tokenizer, progress=False))
+            prepared, seconds = timed(lambda: prepare(config(path, args.max_length, num_proc)), repeat=2)
             report = prepared.data.report
-            row.append((seconds, report.kept / seconds, report.total_tokens / seconds))
+            row.append((seconds, report.total_tokens / seconds))
         with tempfile.TemporaryDirectory() as cache_dir:
-            _, miss_s = timed(lambda: prepare_data(config(path, args.max_length, 1, cache_dir), tokenizer, progress=False))
-            hit, hit_s = timed(lambda: prepare_data(config(path, args.max_length, 1, cache_dir), tokenizer, progress=False))
+            _, miss_s = timed(lambda: prepare(config(path, args.max_length, 2, cache_dir)))
+            hit, hit_s = timed(lambda: prepare(config(path, args.max_length, 2, cache_dir)))
             assert hit.from_cache
-        # the same at a max_length nothing exceeds: what truncation (re-encoding shortened conversations) costs
-        uncut, uncut_s = timed(lambda: prepare_data(config(path, 1 << 20, 1), tokenizer, progress=False))
-        (s1, sps1, tps1), (s2, sps2, tps2) = row
-        line = (f"{name:12s} {report.read:7d} {report.kept:6d} {report.total_tokens:9d} {read_s:7.2f} "
-                f"{s1:7.2f} {sps1:9.0f} {tps1:9.0f} {s2:7.2f} {sps2:9.0f} {tps2:9.0f} {miss_s:7.2f} {hit_s:7.2f} "
-                f"{uncut_s:8.2f} {uncut.data.report.kept / uncut_s:9.0f}")
+        (s1, tps1), (s2, tps2) = row
+        line = (f"{name:12s} {report.read:7d} {report.train_samples:7d} {report.total_tokens:9d} {s1:7.2f} {tps1:9.0f} "
+                f"{s2:7.2f} {tps2:9.0f} {s1 / s2:7.2f} {miss_s:7.2f} {hit_s:6.2f} {os.getloadavg()[0]:5.2f}")
         print(line, flush=True)
         lines.append(line)
+
+    lines += ["", "cost per token of long conversations (the same real sharegpt_zh rounds, 1,280 rounds in all):",
+              f"{'rounds/conv':>11s} {'max_length':>10s} {'tokens':>9s} {'seconds':>8s} {'us/token':>9s} {'vs 4 rounds':>11s}"]
+    print("\n".join(lines[-3:]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for max_length in (1 << 20, args.max_length):
+            per_token = {}
+            for rounds in (4, 160):
+                path = Path(tmp) / f"joined_{rounds}.jsonl"
+                joined_rounds(base / SETS["sharegpt_zh"], rounds, 1280, path)
+                prepared, seconds = timed(lambda: prepare(config(path, max_length, 1)), repeat=2)
+                tokens = prepared.data.report.total_tokens
+                per_token[rounds] = seconds / tokens * 1e6
+                line = (f"{rounds:11d} {'none' if max_length > 1e5 else max_length:>10} {tokens:9d} {seconds:8.2f} "
+                        f"{per_token[rounds]:9.2f} {per_token[rounds] / per_token[4]:11.2f}")
+                print(line, flush=True)
+                lines.append(line)
     footer = [
         "",
-        "read s: reading + converting only. np=N s: the whole pipeline (cache off) with N worker processes.",
-        "miss s: process + write the cache; hit s: load from the cache (includes hashing inputs and tokenizer for the key).",
-        "no-cut s: np=1 with a max_length no sample reaches (no truncation); kept samples then include the long ones.",
-        f"load average at end {os.getloadavg()[0]:.1f}",
+        "np=N s: the whole pipeline (cache off), best of 2, with N encoding processes. np2/np1: the speed-up.",
+        "miss s: process + write the cache; hit s: map the cache (includes hashing inputs and tokenizer for the key).",
+        "At max_length 1024 with split, the 160-round conversations make several samples each (more tokens encoded",
+        "than the conversation holds: each sample repeats the earlier rounds that fit as context).",
+        f"load average at end {os.getloadavg()[0]:.2f}",
     ]
     print("\n".join(footer))
     if args.out:
