@@ -80,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Callable]:
-    """Command groups that live with their concern (training, serving, export, evaluation, vocab)."""
+    """Command groups that live with their concern (planning, training, serving, export, evaluation, vocab)."""
     import importlib
 
     out = []
-    for module in ("ember.training.cli", "ember.inference.cli", "ember.serving.cli", "ember.export.cli", "ember.evaluation.cli", "ember.vocab.cli"):
+    for module in ("ember.planning.cli", "ember.training.cli", "ember.inference.cli", "ember.serving.cli",
+                   "ember.export.cli", "ember.evaluation.cli", "ember.vocab.cli"):
         try:
             out.append(importlib.import_module(module).register)
         except ModuleNotFoundError as exc:

@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"data"},
     {"models"},
+    {"planning"},
     {"training", "inference"},
     {"serving", "evaluation", "vocab", "export"},
     {"cli"},

@@ -46,9 +46,23 @@ def resolve_source(name_or_path: str) -> str:
     return name_or_path  # a hub id: transformers downloads it (needs network)
 
 
+def _gguf_file(name_or_path: str) -> Optional[Path]:
+    """The GGUF file behind a registry name or a `.gguf` path; None for directories and hub ids."""
+    named = named_models().get(name_or_path)
+    if named is not None and named.package:
+        spec = importlib.util.find_spec(named.package)
+        return Path(spec.origin).parent / named.file if spec is not None and spec.origin is not None else None
+    p = Path(name_or_path).expanduser()
+    return p if p.suffix == ".gguf" and p.is_file() else None
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    return cache_root() / "gguf" / file_digest(gguf)[:16]
+
+
 def gguf_to_dir(gguf: Path) -> str:
     """Dequantise a GGUF file into an fp32 safetensors directory cached under its content hash (~15 s, once)."""
-    target = cache_root() / "gguf" / file_digest(gguf)[:16]
+    target = _gguf_cache_dir(gguf)
     if (target / "config.json").is_file():
         return str(target)
     with file_lock(target.with_suffix(".lock")):
@@ -110,12 +124,17 @@ def _trust(cfg: ModelConfig, family: Optional[Family]) -> bool:
     return bool(family and family.trust_remote_code)
 
 
-def load_config(cfg: ModelConfig):
+def load_config(cfg: ModelConfig, convert: bool = True):
+    """The model's transformers config with `config_overrides` applied. `convert=False` reads a GGUF model's config
+    from the file's metadata (a few seconds) unless its converted directory is cached, so nothing loads weights."""
     from transformers import AutoConfig
 
     model_type = _random_init_type(cfg.name_or_path) if cfg.random_init else None
+    gguf = None if convert or model_type is not None else _gguf_file(cfg.name_or_path)
     if model_type is not None:
         config = AutoConfig.for_model(model_type)
+    elif gguf is not None and not (_gguf_cache_dir(gguf) / "config.json").is_file():
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     else:
         config = AutoConfig.from_pretrained(
             resolve_source(cfg.name_or_path), revision=cfg.revision, trust_remote_code=bool(cfg.trust_remote_code)

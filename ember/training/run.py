@@ -90,6 +90,8 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     resume = resolve_resume(cfg)
     args = training_arguments(cfg)  # fails on bad train: values before any weight is loaded
     out = Path(cfg.output.dir)
+    if is_main_process():
+        say(_plan_line(cfg))
     config_yaml = dump_yaml(cfg)
     say("resolved config:\n" + config_yaml)
     if is_main_process():
@@ -143,6 +145,16 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     say(f"saved to {out}  (train loss {metrics.get('train_loss', float('nan')):.4f})")
     return TrainResult(out, metrics, trainable, total)
+
+
+def _plan_line(cfg: EmberConfig) -> str:
+    """`ember plan`'s one-line verdict for this machine: from the model's config on the meta device, no weights."""
+    from ember.planning import machine_target, plan, summary_line
+
+    try:
+        return summary_line(plan(cfg, machine_target()))
+    except Exception as exc:  # noqa: BLE001 - advice only: a model the planner cannot describe still trains
+        return f"plan: not available ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
 
 
 def _template_record(renderer, cfg: EmberConfig) -> Optional[dict]:
