@@ -17,6 +17,7 @@ import torch
 from ember.data.conversation import Message
 from ember.inference.completion import Completion, GenerationOptions, Row, first_stop, without_unfinished_character
 from ember.inference.decoder import Decoder, run_rows
+from ember.errors import ConfigError
 from ember.inference.loading import LoadedModel, load_for_inference
 
 __all__ = ["Completion", "Engine", "GenerationOptions", "as_messages", "load_generate_fn", "with_overrides"]
@@ -28,6 +29,9 @@ def as_messages(messages: Sequence[Message | dict]) -> list[Message]:
 
 class Engine:
     def __init__(self, loaded: LoadedModel):
+        if loaded.renderer is None:
+            raise ConfigError(f"{loaded.name}: the tokenizer has no chat template, so there is no way to build a chat "
+                              "prompt; train with data.template set (see `ember templates`) or use a chat model")
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -52,6 +56,21 @@ class Engine:
 
     def prompt_ids(self, messages: Sequence[Message | dict], tools=None) -> list[int]:
         return self.renderer.prompt_ids(self.with_default_system(messages), tools)
+
+    def fit_history(self, messages: Sequence[Message | dict], max_tokens: Optional[int]) -> list[Message]:
+        """The conversation with its oldest whole rounds dropped until the prompt is at most `max_tokens` (the system
+        message and the last round stay). Chat, the web page and `ember eval gen` cut histories this one way."""
+        msgs = as_messages(messages)
+        if max_tokens is None:
+            return msgs
+        head = msgs[:1] if msgs and msgs[0].role == "system" else []
+        body = msgs[len(head):]
+        starts = [i for i, m in enumerate(body) if m.role == "user"] or [0]
+        for start in starts:
+            kept = head + body[start:]
+            if start == starts[-1] or len(self.prompt_ids(kept)) <= max_tokens:
+                return kept
+        return msgs
 
     @property
     def stop_ids(self) -> set[int]:
@@ -102,6 +121,15 @@ class Engine:
         return self.generate_rows([Row(p, options.max_new_tokens, list(options.stop)) for p in prompts], options)
 
     def generate(self, messages: Sequence[Message | dict], options: Optional[GenerationOptions] = None) -> Completion:
+        """Answer one conversation.
+
+        Args:
+            messages: the history (dicts with role/content or `Message`), rendered as training rendered it.
+            options: generation settings (default: greedy, 256 new tokens).
+
+        Returns:
+            The `Completion`: text (stop token dropped, cut at the first stop string), token counts, finish reason.
+        """
         return self.generate_batch([messages], options)[0]
 
     def stream(self, messages: Sequence[Message | dict], options: Optional[GenerationOptions] = None,
@@ -186,15 +214,18 @@ def with_overrides(options: GenerationOptions, **changes: Any) -> GenerationOpti
     return replace(options, **{k: v for k, v in changes.items() if v is not None})
 
 
-def load_generate_fn(model: str, adapter: Optional[str] = None, max_new_tokens: int = 256, batch_size: int = 8):
-    """A `GenerateFn` for evaluation: a batch of conversations → greedy answers."""
+def load_generate_fn(model: str, adapter: Optional[str] = None, max_new_tokens: int = 256, batch_size: int = 8,
+                     history_max_tokens: Optional[int] = None):
+    """A `GenerateFn` for evaluation: a batch of conversations → greedy answers; histories longer than
+    `history_max_tokens` lose their oldest rounds first, as in `ember chat`."""
     engine = Engine.load(model, adapter)
     options = GenerationOptions(max_new_tokens=max_new_tokens)
 
     def generate(conversations: list[list[dict]]) -> list[str]:
         out: list[str] = []
-        for begin in range(0, len(conversations), batch_size):
-            out += [c.text for c in engine.generate_batch(conversations[begin: begin + batch_size], options)]
+        fitted = [engine.fit_history(c, history_max_tokens) for c in conversations]
+        for begin in range(0, len(fitted), batch_size):
+            out += [c.text for c in engine.generate_batch(fitted[begin: begin + batch_size], options)]
         return out
 
     return generate

@@ -26,9 +26,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 
 from ember.errors import EmberError
@@ -38,6 +36,7 @@ from ember.inference.engine import Engine
 from ember.serving import openapi as O
 from ember.serving import protocol as P
 from ember.serving.batching import BatchScheduler, Job
+from ember.serving.errors import BodyLimit, CatchAll, install_error_handlers
 
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -252,9 +251,9 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
 
     app = FastAPI(title="Ember", version="1", description=f"OpenAI-compatible API serving {model_name}",
                   lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
-                  middleware=[Middleware(_BodyLimit, max_bytes=max_request_bytes), Middleware(_CatchAll)])
+                  middleware=[Middleware(BodyLimit, max_bytes=max_request_bytes), Middleware(CatchAll)])
     app.state.server = server
-    _install_error_handlers(app)
+    install_error_handlers(app)
 
     async def authorize(request: Request) -> None:
         if not api_key:
@@ -345,115 +344,3 @@ class _chunker:
 def _model_card(server: Server) -> dict[str, Any]:
     return {"id": server.model_name, "object": "model", "created": server.created, "owned_by": "ember",
             "context_length": server.context_length}
-
-
-TOO_LARGE = "ember.body_too_large"
-
-
-class _BodyLimit:
-    """Answers 413 for a body over `max_bytes`: at once when Content-Length says so, else as soon as the bytes
-    read pass the limit (the rest is never read, so a 50 MB body costs nothing)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_bytes:
-            return await _too_large(self.max_bytes)(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # the handler sees a client that went away; http_error answers 413
-                    scope[TOO_LARGE] = self.max_bytes
-                    return {"type": "http.disconnect"}
-            return message
-
-        await self.app(scope, limited, send)
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(P.error_body(f"The request body is larger than this server accepts (at most {limit:,} bytes; "
-                                     "see --max-request-bytes).", param=None), status_code=413)
-
-
-class _CatchAll:
-    """Turns an unexpected exception into OpenAI's 500 body, logged once, with the connection kept open.
-
-    (Starlette's own last-resort handler re-raises after answering, so the server logs the traceback a second
-    time and drops the keep-alive connection.)"""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = False
-
-        async def tracked(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if not started:
-                body = P.error_body("The server had an error while processing your request; the server log has "
-                                    "the details.", type="server_error")
-                await JSONResponse(body, status_code=500)(scope, receive, send)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(P.APIError)
-    async def api_error(request: Request, exc: P.APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse(P.error_body("We could not parse the JSON body of your request: "
-                                             f"{errors[0].get('ctx', {}).get('error', 'invalid JSON')}. Send valid "
-                                             "JSON with Content-Type: application/json."), status_code=400)
-        first = errors[0] if errors else {}
-        where = [str(x) for x in first.get("loc", ()) if x != "body"]
-        param = _param(where) or None
-        text = _message(first)
-        message = f"Invalid value for '{param}': {text}" if param else f"Invalid request: {text}"
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-        return JSONResponse(P.error_body(message, param=param), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        status = exc.status_code
-        kind = "not_found_error" if status == 404 else "invalid_request_error"
-        if TOO_LARGE in request.scope:
-            return _too_large(request.scope[TOO_LARGE])
-        if status == 400:
-            message = "We could not parse the body of your request: send one JSON object (nested at most a few " \
-                      "hundred levels deep) with Content-Type: application/json."
-        else:
-            message = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse(P.error_body(message, type=kind), status_code=status, headers=exc.headers)
-
-
-def _param(where: list[str]) -> str:
-    """`loc` without pydantic's union-branch labels (e.g. `list[TextPart]`, `function-after[...]`)."""
-    return ".".join(w for w in where if not any(c in w for c in "[]()") and w not in ("str", "int", "float", "bool"))
-
-
-def _message(error: dict) -> str:
-    msg = error.get("msg", "invalid value")
-    return msg.removeprefix("Value error, ")
