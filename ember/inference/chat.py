@@ -23,11 +23,7 @@ class ChatSession:
     def messages(self, user_text: str) -> list[Message]:
         """System + as many recent whole (user, assistant) turns as fit the budget + the new user message."""
         head = [Message("system", self.system)] if self.system else []
-        turns = [self.history[i: i + 2] for i in range(0, len(self.history), 2)]
-        new = [Message("user", user_text)]
-        while turns and len(self.engine.prompt_ids(head + [m for t in turns for m in t] + new)) > self.history_max_tokens:
-            turns = turns[1:]
-        return head + [m for t in turns for m in t] + new
+        return self.engine.fit_history(head + self.history + [Message("user", user_text)], self.history_max_tokens)
 
     def ask(self, user_text: str, stream: bool = True) -> Iterator[str]:
         msgs = self.messages(user_text)

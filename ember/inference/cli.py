@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ember.config.schema import DEFAULT_MODEL
 from ember.inference.completion import GenerationOptions
 
 
@@ -59,7 +60,7 @@ def cmd_chat(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("chat", help="multi-turn chat with a model or a training output dir")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="output dir of `ember train`, HF dir, .gguf or name")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="output dir of `ember train`, HF dir, .gguf or name")
     p.add_argument("--adapter", default=None, help="a LoRA adapter dir to put on --model")
     p.add_argument("--prompt", default=None, help="answer this once and exit")
     p.add_argument("--system", default=None, help="system prompt")

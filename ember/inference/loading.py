@@ -17,7 +17,7 @@ from ember.core.artifacts import RUN_CONFIG, read_template_info
 class LoadedModel:
     model: object
     tokenizer: object
-    renderer: Renderer
+    renderer: Optional[Renderer]  # None when the tokenizer has no chat template
     name: str
     default_system: Optional[str] = None  # the training run's `data.system`, given when a request has none
 
@@ -69,8 +69,9 @@ def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "
         net = PeftModel.from_pretrained(net, str(adapter_dir))
     net.eval()
     info = read_template_info(token_dir) if token_dir else None
-    renderer = Renderer(tokenizer)
-    if info and info.get("stop_strings"):
+    # A base model without a chat template still scores plain prompts (ember eval bench); chat needs the template.
+    renderer = Renderer(tokenizer) if tokenizer.chat_template else None
+    if renderer is not None and info and info.get("stop_strings"):
         renderer.stop_strings = list(info["stop_strings"])
         renderer.stop_token_ids = list(info.get("stop_token_ids") or renderer.stop_token_ids)
     name = path.name if path.exists() else model

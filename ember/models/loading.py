@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from ember.config.schema import ModelConfig
+from ember.config.schema import DEFAULT_MODEL, ModelConfig
 from ember.core.paths import cache_root, file_digest, file_lock
 from ember.errors import ConfigError
 from ember.models.registry import Family, family_for, families, named_models
@@ -96,7 +96,7 @@ def load_tokenizer(cfg: ModelConfig):
 
     source = cfg.tokenizer or cfg.name_or_path
     if cfg.random_init and cfg.tokenizer is None and _random_init_type(cfg.name_or_path):
-        source = "smollm2-135m-instruct"  # a family name has no tokenizer of its own: borrow the default one
+        source = DEFAULT_MODEL  # a family name has no tokenizer of its own: borrow the default one
     path = resolve_source(source)
     tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=_trust(cfg, None))
     if tok.pad_token is None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from ember.config.schema import DEFAULT_MODEL
 from ember.inference.cli import add_generation_options, options_from_args
 
 
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--model", required=required, default=None if required else "smollm2-135m-instruct",
+    p.add_argument("--model", required=required, default=None if required else DEFAULT_MODEL,
                    help="output dir of `ember train`, HF dir, .gguf or name")
     p.add_argument("--adapter", default=None, help="a LoRA adapter dir to put on --model")
 

@@ -1,19 +1,29 @@
-"""`ember vocab train | extend | stats`: argparse wiring over the public functions of `ember.vocab`.
-
-`register(subparsers)` adds the `vocab` command; every subcommand stores its handler as `func`, a function of
-the parsed arguments returning an exit code. `python -m ember.vocab.cli ...` runs the command on its own.
-"""
+"""`ember vocab train | extend | stats`: parse the arguments and call one function of `ember.vocab.commands` each."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
-from pathlib import Path
-from typing import Optional, Sequence
 
-from ember.errors import ConfigError, EmberError
+def cmd_train(args) -> int:
+    from ember.vocab.commands import learn
+
+    print(learn(args.corpus, args.vocab_size, args.out, base=args.base, field=args.field,
+                min_frequency=args.min_frequency))
+    return 0
+
+
+def cmd_extend(args) -> int:
+    from ember.vocab.commands import extend
+
+    print(extend(args.base, args.pieces, args.out, max_new=args.max_new, keep_ascii=args.keep_ascii, model=args.model,
+                 tokenizer_only=args.tokenizer_only, pad_multiple=args.pad_multiple))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from ember.vocab.commands import compare
+
+    print(compare(args.tokenizer, args.corpus, field=args.field, repeats=args.repeats, json_out=args.json))
+    return 0
 
 
 def register(subparsers) -> None:
@@ -33,7 +43,7 @@ def register(subparsers) -> None:
                        "(recommended; default: generic byte-level)")
     train.add_argument("--field", help="JSON key holding the text (default: text/content/paragraphs/context...)")
     train.add_argument("--min-frequency", type=int, default=2, metavar="N", help="keep pairs seen at least N times")
-    train.set_defaults(func=run_train)
+    train.set_defaults(func=cmd_train)
 
     extend = sub.add_parser("extend", help="merge pieces into a base tokenizer (and resize a model)")
     extend.add_argument("--base", required=True, metavar="MODEL", help="base tokenizer or model: name, folder, hub id")
@@ -45,7 +55,7 @@ def register(subparsers) -> None:
     extend.add_argument("--model", metavar="MODEL", help="model to resize (default: --base when it is a model)")
     extend.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer, even for a model")
     extend.add_argument("--pad-multiple", type=int, default=64, metavar="N", help="round embedding rows up to N")
-    extend.set_defaults(func=run_extend)
+    extend.set_defaults(func=cmd_extend)
 
     stats = sub.add_parser("stats", help="tokens per character, reduction, byte share and speed of tokenizers")
     stats.add_argument("--tokenizer", action="append", required=True, metavar="TOK",
@@ -54,82 +64,4 @@ def register(subparsers) -> None:
     stats.add_argument("--field", help="JSON key holding the text")
     stats.add_argument("--repeats", type=int, default=3, help="timing passes (best one counts)")
     stats.add_argument("--json", metavar="FILE", help="also write the figures as JSON ('-' prints JSON instead)")
-    stats.set_defaults(func=run_stats)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from ember.vocab.corpus import read_corpus
-    from ember.vocab.pieces import save_pieces
-    from ember.vocab.sources import open_tokenizer
-    from ember.vocab.train import train_pieces
-
-    _check_out(args.out)
-    docs = read_corpus(args.corpus, field=args.field)
-    base = open_tokenizer(args.base).json if args.base else None
-    pieces, meta = train_pieces(docs, args.vocab_size, base=base, min_frequency=args.min_frequency)
-    meta.update(base=args.base, corpus=[str(c) for c in args.corpus])
-    save_pieces(args.out, pieces, meta)
-    chars = meta["characters"]
-    print(f"learned {len(pieces):,} pieces from {len(docs):,} documents ({chars:,} characters) -> {args.out}")
-    return 0
-
-
-def run_extend(args: argparse.Namespace) -> int:
-    from ember.vocab.extend import extend_vocab
-
-    _check_out(args.out)
-    if args.model and args.tokenizer_only:
-        raise ConfigError("--model and --tokenizer-only contradict each other: drop one")
-    summary = extend_vocab(
-        args.base, args.pieces, args.out, max_new=args.max_new, keep_ascii=args.keep_ascii, model=args.model,
-        tokenizer_only=args.tokenizer_only, multiple=args.pad_multiple,
-    )
-    what = "tokenizer and model" if summary.model else "tokenizer"
-    print(
-        f"added {summary.new_tokens:,} tokens to {summary.base_vocab:,} (ids from {summary.first_new_id:,}); "
-        f"padded vocab {summary.padded_vocab:,}; {what} written to {args.out}"
-    )
-    for reason, n in summary.skipped.items():
-        print(f"  skipped {n:,} pieces: {reason}")
-    return 0
-
-
-def run_stats(args: argparse.Namespace) -> int:
-    from ember.vocab.corpus import read_corpus
-    from ember.vocab.sources import open_tokenizer
-    from ember.vocab.stats import compare_tokenizers, format_table, stats_json
-
-    docs = read_corpus(args.corpus, field=args.field)
-    toks = [(name, open_tokenizer(name).backend) for name in args.tokenizer]
-    rows = compare_tokenizers(toks, docs, repeats=args.repeats, progress=True)
-    report = json.dumps(stats_json(rows), indent=2, ensure_ascii=False)
-    if args.json == "-":
-        print(report)
-        return 0
-    print(format_table(rows))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(report + "\n", encoding="utf-8")
-    return 0
-
-
-def _check_out(out: str) -> None:
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"--out {out}: is a file; give a folder")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="ember")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return args.func(args)
-    except EmberError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    stats.set_defaults(func=cmd_stats)

@@ -102,7 +102,10 @@ def test_plain_prompt_exact_text():
 
 
 def test_chat_prompt_uses_the_tokenizer_template(smol_tokenizer):
-    p = build_prompt(spec_for("cmmlu"), SUBJECT, SUBJECT.questions[0], shots=2, form="chat", tokenizer=smol_tokenizer)
+    from ember.data.render import Renderer
+
+    p = build_prompt(spec_for("cmmlu"), SUBJECT, SUBJECT.questions[0], shots=2, form="chat",
+                     renderer=Renderer(smol_tokenizer))
     expected = smol_tokenizer.apply_chat_template([
         {"role": "user", "content": "以下是关于农学的单项选择题，请直接给出正确答案的选项。\n\n示例一\nA. 甲\nB. 乙"},
         {"role": "assistant", "content": "B"},
@@ -131,3 +134,22 @@ def test_hub_rows(monkeypatch):
     assert subject.questions == [Question("virology test?", ("w", "x", "y", "z"), 0)] and subject.dev[0].gold == "C"
     with pytest.raises(EmberError, match="no subject 'virologyy'"):
         load_benchmark("mmlu", "cais/mmlu", subjects=["virologyy"])
+
+
+def test_lm_eval_chat_layout(smol_tokenizer):
+    """lm-evaluation-harness 0.4 with --apply_chat_template --fewshot_as_multiturn: the description is the system
+    message, each user turn keeps its "Answer:" cue, the shots answer with the bare letter, no target delimiter."""
+    from ember.data.render import Renderer
+
+    en = Subject("anatomy", ("STEM",), "anatomy",
+                 dev=[Question("S1?", ("p", "q"), answer=1), Question("S2?", ("r", "s"), answer=0)],
+                 questions=[Question(" Q? ", ("x", "y"), answer=0)])
+    p = build_prompt(spec_for("mmlu"), en, en.questions[0], shots=2, form="lm-eval-chat", renderer=Renderer(smol_tokenizer),
+                     system="Be exact.")
+    assert p.text == (
+        "<|im_start|>system\nBe exact.\n\nThe following are multiple choice questions (with answers) about anatomy.\n\n"
+        "<|im_end|>\n<|im_start|>user\nS1?\nA. p\nB. q\nAnswer:<|im_end|>\n<|im_start|>assistant\nB<|im_end|>\n"
+        "<|im_start|>user\nS2?\nA. r\nB. s\nAnswer:<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
+        "<|im_start|>user\nQ?\nA. x\nB. y\nAnswer:<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert p.continuations == ("A", "B") and not p.add_special_tokens

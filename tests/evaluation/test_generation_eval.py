@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ember.evaluation.cli import main
+from ember.cli import main
 from ember.evaluation.generation_eval import (generate_predictions, load_gen_dataset, named_choices,
                                               score_predictions)
 from ember.evaluation.text_metrics import text_scores
@@ -101,3 +101,57 @@ def test_conversation_records_give_their_context_and_last_answer(tmp_path):
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n", encoding="utf-8")
     with pytest.raises(Exception, match=r"bad.jsonl:1: field 'messages': no assistant message"):
         load_gen_dataset(str(bad))
+
+
+def test_a_none_of_these_reference_needs_the_same_answer_not_just_no_choice():
+    choices = ["相关", "不相关"]
+    rows = [{"prediction": "非上述类型", "reference": "非上述类型", "answer_choices": choices},
+            {"prediction": "asdkjh ###", "reference": "非上述类型", "answer_choices": choices},   # gibberish names none
+            {"prediction": "", "reference": "非上述类型", "answer_choices": choices},
+            {"prediction": "相关", "reference": "非上述类型", "answer_choices": choices}]
+    _, items = score_predictions(rows)
+    assert [i["choice_correct"] for i in items] == [True, False, False, False]
+
+
+def test_moss_records_are_read_like_training_reads_them(tmp_path):
+    record = {"conversation_id": "1", "meta_instruction": "You are MOSS.", "num_turns": 2, "category": "honest",
+              "chat": {"turn_1": {"Human": "<|Human|>: 你好<eoh>\n", "MOSS": "<|MOSS|>: 你好！<eom>\n"},
+                       "turn_2": {"Human": "<|Human|>: 你是谁<eoh>\n", "MOSS": "<|MOSS|>: 我是MOSS。<eom>\n"}}}
+    path = tmp_path / "moss.jsonl"
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    (row,) = load_gen_dataset(str(path))
+    assert row["reference"] == "我是MOSS。" and row["prompt"] == "你是谁"
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user"]
+
+
+def test_limit_draws_across_categories_with_a_seed():
+    from ember.evaluation.runs import sample_across
+
+    rows = [{"id": i, "category": c} for i, c in enumerate(["math"] * 10 + ["code"] * 10 + ["poem"] * 10)]
+    picked = sample_across(rows, 6, seed=0, key="category")
+    assert sorted(r["category"] for r in picked) == ["code", "code", "math", "math", "poem", "poem"]
+    assert [r["id"] for r in picked] == sorted(r["id"] for r in picked)  # file order kept
+    assert picked == sample_across(rows, 6, seed=0, key="category")
+    assert picked != sample_across(rows, 6, seed=1, key="category")
+    assert sample_across(rows, None, 0, "category") == rows
+
+
+def test_items_are_written_as_utf8(tmp_path):
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"prediction": "我爱北京", "reference": "北京"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert main(["eval", "gen", "--predictions", str(preds), "--out", str(tmp_path / "run")]) == 0
+    text = (tmp_path / "run" / "items.jsonl").read_text(encoding="utf-8")
+    assert "我爱北京" in text and "\\u" not in text
+
+
+def test_history_max_tokens_drops_the_oldest_rounds_first(tiny_engine):
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(6):
+        messages += [{"role": "user", "content": f"Question number {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
+    messages.append({"role": "user", "content": "Last question?"})
+    full = len(tiny_engine.prompt_ids(messages))
+    kept = tiny_engine.fit_history(messages, full - 1)
+    assert [m.content for m in kept] == [m["content"] for m in messages[:1] + messages[3:]]  # one round dropped
+    assert len(tiny_engine.prompt_ids(kept)) <= full - 1
+    assert [m.content for m in tiny_engine.fit_history(messages, 1)] == ["Be brief.", "Last question?"]
+    assert len(tiny_engine.fit_history(messages, None)) == len(messages)

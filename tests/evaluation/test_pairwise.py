@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ember.evaluation import cli as eval_cli
+from ember.cli import main as ember_main
 from ember.evaluation.pairwise import (agreement, combine, judge_pairs, judge_prompt, load_prompt_set, load_template,
                                       outcome_table, parse_verdict, rates_line)
 
@@ -84,6 +84,11 @@ def test_agreement_and_kappa():
     assert agreement(judge, human) == {"n": 4, "agreement": 75.0, "kappa": pytest.approx(7 / 11, abs=1e-4)}
 
 
+def test_kappa_is_undefined_when_both_raters_give_one_label_everywhere():
+    judge = [{"id": str(i), "outcome": "tie"} for i in range(4)]
+    assert agreement(judge, judge) == {"n": 4, "agreement": 100.0, "kappa": None}
+
+
 def test_firefly_spreadsheet(shared_data):
     items = load_prompt_set(str(shared_data / "eval" / "firefly" / "firefly-eval.xlsx"))
     assert len(items) == 130 and len({it["category"] for it in items}) == 13
@@ -96,24 +101,22 @@ def test_compare_cli_caches_answers_and_writes_report(tmp_path, monkeypatch):
                                for it in ITEMS), encoding="utf-8")
     calls = {"model-a": 0, "model-b": 0, "judge": 0}
 
-    def factory(model, args):
-        def make():
-            def generate(batch):
-                calls[model] += len(batch)
-                if model == "judge":
-                    return scripted_judge(batch)
-                side = "a" if model == "model-a" else "b"
-                return [f"answer-{side} for {conv[0]['content']}" for conv in batch]
-            return generate
-        return make
+    def load_generate_fn(model, adapter=None, **settings):
+        def generate(batch):
+            calls[model] += len(batch)
+            if model == "judge":
+                return scripted_judge(batch)
+            side = "a" if model == "model-a" else "b"
+            return [f"answer-{side} for {conv[0]['content']}" for conv in batch]
+        return generate
 
-    monkeypatch.setattr(eval_cli, "_generate_factory", factory)
+    monkeypatch.setattr("ember.inference.engine.load_generate_fn", load_generate_fn)
     out = tmp_path / "cmp"
     argv = ["eval", "compare", "--model-a", "model-a", "--model-b", "model-b", "--prompts", str(prompts),
             "--judge", "judge", "--out", str(out), "--no-progress"]
-    assert eval_cli.main(argv) == 0
+    assert ember_main(argv) == 0
     assert calls == {"model-a": 8, "model-b": 8, "judge": 16}
-    assert eval_cli.main(argv) == 0  # answers and judge outputs come from the caches
+    assert ember_main(argv) == 0  # answers and judge outputs come from the caches
     assert calls == {"model-a": 8, "model-b": 8, "judge": 16}
     assert len((out / "judge_outputs.jsonl").read_text(encoding="utf-8").splitlines()) == 16
     scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
@@ -133,19 +136,20 @@ def test_compare_cli_caches_answers_and_writes_report(tmp_path, monkeypatch):
 
     edited = tmp_path / "judge.jinja"
     edited.write_text("Be brief.\n" + DEFAULT_TEMPLATE.read_text(encoding="utf-8"), encoding="utf-8")
-    assert eval_cli.main(argv + ["--judge-template", str(edited)]) == 0
+    assert ember_main(argv + ["--judge-template", str(edited)]) == 0
     assert calls == {"model-a": 8, "model-b": 8, "judge": 32}
 
 
 def test_likelihood_judge_reads_the_most_likely_mark_and_the_swap_catches_position_bias(tiny_lm, smol_tokenizer):
     import math
 
+    from ember.data.render import Renderer
     from ember.evaluation.pairwise import likelihood_judge
 
     from .conftest import FORCED_LOGIT, force_token
 
     (two,) = smol_tokenizer("2", add_special_tokens=False)["input_ids"]
-    judge = likelihood_judge(force_token(tiny_lm, two), smol_tokenizer)  # a judge that always says "Answer 2"
+    judge = likelihood_judge(force_token(tiny_lm, two), smol_tokenizer, Renderer(smol_tokenizer))  # a judge that always says "Answer 2"
     (out,) = judge([[{"role": "user", "content": "Which answer is better?"}]])
     assert out.endswith("\n[[2]]") and parse_verdict(out) == "2"
     scores = dict(re.findall(r"(1|2|TIE): (-?[\d.]+)", out))

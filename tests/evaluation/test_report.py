@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ember.evaluation.cli import main
+from ember.cli import main
 from ember.evaluation.outputs import write_json, write_run
 from ember.evaluation.pairwise_report import summarize_pairwise
 

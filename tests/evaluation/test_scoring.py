@@ -89,7 +89,10 @@ def test_items_recompute_scores_without_ember(forced_lm, smol_tokenizer, cmmlu_d
 
 def test_chat_form_with_forced_model(forced_lm, smol_tokenizer, cmmlu_dir):
     subjects = load_benchmark("cmmlu", str(cmmlu_dir), subjects=["chinese_history"])
-    scores, items = run_benchmark(forced_lm, smol_tokenizer, "cmmlu", subjects, shots=1, form="chat", progress=False)
+    from ember.data.render import Renderer
+
+    scores, items = run_benchmark(forced_lm, smol_tokenizer, "cmmlu", subjects, shots=1, form="chat", progress=False,
+                                  renderer=Renderer(smol_tokenizer))
     assert scores["cmmlu/accuracy"] == 50.0
     assert items[0]["prompt"].startswith("<|im_start|>system") and items[0]["prompt"].endswith("<|im_start|>assistant\n")
 

@@ -67,7 +67,10 @@ def test_chat_shows_and_benchmarks_use_the_training_system_prompt(trained, capsy
     spec = BENCHMARKS["cmmlu"]
     subject = Subject("x", ("other",), "测试")
     question = Question("1+1=?", ("1", "2", "3", "4"), answer=1)
-    chat = build_prompt(spec, subject, question, 0, "chat", engine.tokenizer, system=SYSTEM)
+    chat = build_prompt(spec, subject, question, 0, "chat", engine.renderer, system=SYSTEM)
     assert chat.text.index(SYSTEM) < chat.text.index("以下是关于测试的单项选择题")
-    plain = build_prompt(spec, subject, question, 0, "plain", engine.tokenizer, system=SYSTEM)
+    # byte for byte what `ember chat` sends for the same conversation
+    messages = [{"role": "user", "content": "以下是关于测试的单项选择题，请直接给出正确答案的选项。\n\n1+1=?\nA. 1\nB. 2\nC. 3\nD. 4"}]
+    assert engine.tokenizer.decode(engine.prompt_ids(messages)) == chat.text
+    plain = build_prompt(spec, subject, question, 0, "plain", engine.renderer, system=SYSTEM)
     assert SYSTEM not in plain.text

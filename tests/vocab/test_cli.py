@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ember.vocab.cli import main
+from ember.cli import main
 
 
 def _corpus(tmp_path, docs):

@@ -63,7 +63,7 @@ def test_extend_cli_writes_a_loadable_model(sp_dir, sp_pieces, tmp_path, tiny_mo
 
     from ember.config.schema import ModelConfig
     from ember.models.loading import load_model
-    from ember.vocab.cli import main
+    from ember.cli import main
     from ember.vocab.pieces import save_pieces
 
     base_tok = AutoTokenizer.from_pretrained(sp_dir)
