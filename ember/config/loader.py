@@ -34,7 +34,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (`1e-4`, `true`, `[a, b]`)."""
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (`1e-4`, `true`, `[a, b]`). A numeric
+    part indexes a list (`data.datasets.0.path=x.jsonl`; the index may be the list's length, to append)."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.learning_rate=1e-4)")
     key, _, text = item.partition("=")
@@ -42,15 +43,34 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
-    node = raw
     parts = key.strip().split(".")
-    for part in parts[:-1]:
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise ConfigError(f"override '{item}': {'.'.join(parts[:depth])} is a list; index it with a number "
+                                  f"(e.g. {'.'.join(parts[:depth])}.0.{part})")
+            index = int(part)
+            if index > len(node):
+                raise ConfigError(f"override '{item}': {where} is past the end of a list of {len(node)}")
+            if index == len(node):
+                node.append(None if last else {})
+            if last:
+                node[index] = value
+            elif not isinstance(node[index], (dict, list)):
+                node[index] = {}
+            node = node[index]
+            continue
+        if last:
+            node[part] = value
+            return
         child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
+        if not isinstance(child, (dict, list)):
+            child = [] if parts[depth + 1].isdigit() else {}
             node[part] = child
         node = child
-    node[parts[-1]] = value
 
 
 def from_dict(cls: type, data: Any, where: str) -> Any:

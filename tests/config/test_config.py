@@ -182,3 +182,17 @@ def test_eval_strategy_needs_validation_data():
         validate(from_dict(EmberConfig, raw, "cfg"))
     raw["data"]["datasets"].append({"path": "dev", "split": "eval"})
     validate(from_dict(EmberConfig, raw, "cfg"))
+
+
+def test_dotted_overrides_reach_into_lists(config_path):
+    cfg = load_config(config_path(), ["data.datasets.0.path=other.jsonl", "data.datasets.0.samples=5",
+                                      "data.datasets.1.path=extra.jsonl", "data.datasets.1.split=eval"])
+    assert [(d.path, d.samples, d.split) for d in cfg.data.datasets] == [("other.jsonl", 5, "train"),
+                                                                         ("extra.jsonl", None, "eval")]
+
+
+def test_a_list_override_past_the_end_or_without_an_index_is_named(config_path):
+    with pytest.raises(ConfigError, match=r"data\.datasets\.3 is past the end of a list of 1"):
+        load_config(config_path(), ["data.datasets.3.path=x.jsonl"])
+    with pytest.raises(ConfigError, match=r"data\.datasets is a list; index it with a number \(e\.g\. data\.datasets\.0\.path\)"):
+        load_config(config_path(), ["data.datasets.path=x.jsonl"])
