@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 
 import torch
@@ -11,6 +12,8 @@ import torch
 from ember.config.schema import EmberConfig
 from ember.errors import ConfigError
 from ember.core.hardware import bf16_supported
+
+log = logging.getLogger(__name__)
 
 _NOT_PASSED = {"extra", "resume_from_checkpoint", "bf16", "use_cpu", "gradient_checkpointing", "report_to", "warmup_ratio",
                "warmup_steps", "group_by_length"}
@@ -51,6 +54,10 @@ def training_arguments(cfg: EmberConfig):
     if t.gradient_checkpointing:
         kwargs.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     kwargs.update(t.extra)
+    if "paged" in str(kwargs.get("optim", "")) and use_cpu:
+        # bitsandbytes says so with a UserWarning that library-warning filters hide: say it here.
+        log.warning("train.optim=%s: paged optimizers page state to GPU memory; on a CPU bitsandbytes runs the "
+                    "same optimizer without paging", kwargs["optim"])
     try:
         return TrainingArguments(**kwargs)
     except (ValueError, TypeError) as exc:
