@@ -22,8 +22,10 @@ def test_the_issue_examples_are_all_here():
     names = {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*") if p.is_file()}
     expected = {"quickstart.yaml", "firefly-qlora-sft.yaml", "firefly-llama2-pt.yaml", "chatglm-promptcblue-lora.yaml",
                 "qwen2.5-7b-qlora-sft.yaml", "qwen2.5-lora-sft.yaml", "qwen2.5-full-sft.yaml",
-                "accelerate/zero2.yaml", "accelerate/zero3.yaml", "accelerate/fsdp.yaml",
-                "deepspeed/zero2.json", "deepspeed/zero3.json", "vocab-extend-pt.yaml"}
+                "accelerate/zero2.yaml", "accelerate/zero3.yaml", "accelerate/fsdp.yaml", "accelerate/ddp.yaml",
+                "accelerate/zero2_offload.yaml", "accelerate/zero3_offload.yaml",
+                "deepspeed/zero2.json", "deepspeed/zero3.json", "deepspeed/zero2_offload.json",
+                "deepspeed/zero3_offload.json", "vocab-extend-pt.yaml"}
     assert expected <= names, expected - names
 
 
@@ -52,8 +54,9 @@ def test_accelerate_config_is_accepted_by_accelerate(path):
 
     config = ClusterConfig.from_yaml_file(str(path))  # rejects unknown top-level keys
     launch_options = {s.lstrip("-") for action in launch_command_parser()._actions for s in action.option_strings}
-    inner = config.deepspeed_config or config.fsdp_config
-    assert inner and not [k for k in inner if k not in launch_options]  # each becomes an `accelerate launch --KEY`
+    inner = config.deepspeed_config or config.fsdp_config or {}
+    assert not [k for k in inner if k not in launch_options]  # each becomes an `accelerate launch --KEY`
+    assert bool(inner) == (config.distributed_type in ("DEEPSPEED", "FSDP"))
     if config.deepspeed_config:
         assert (ROOT / config.deepspeed_config["deepspeed_config_file"]).is_file()
         assert config.mixed_precision in (None, "no")  # precision comes from the JSON ("auto" ← train:)
@@ -63,7 +66,9 @@ def test_accelerate_config_is_accepted_by_accelerate(path):
 def test_deepspeed_json_leaves_the_batch_to_the_trainer(path):
     config = json.loads(path.read_text())
     stage = config["zero_optimization"]["stage"]
-    assert stage == int(path.stem[-1])  # zero2.json → stage 2
+    assert stage == int(path.stem.split("_")[0][-1])  # zero2.json, zero2_offload.json → stage 2
+    offload = config["zero_optimization"].get("offload_optimizer", {}).get("device", "none")
+    assert offload == ("cpu" if path.stem.endswith("_offload") else "none")
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                 "gradient_clipping"):
         assert config[key] == "auto", key  # filled from train: so the two can never disagree

@@ -133,9 +133,13 @@ def _freeze(model, method: MethodConfig):
 
 
 def parameter_counts(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in model.parameters())
     return trainable, total
+
+
+def _numel(p: torch.nn.Parameter) -> int:
+    return getattr(p, "ds_numel", p.numel())  # a DeepSpeed ZeRO-3 parameter holds a shard; ds_numel is its full size
 
 
 def describe_parameters(model) -> str:

@@ -168,7 +168,10 @@ def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = N
             config.vocab_size = vocab_size
             _drop_token_ids_beyond(config, vocab_size)
         torch.manual_seed(cfg.seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=_trust(cfg, family), **kwargs)
+        # Drawn where it will train: on a GPU an 8B model initialises in seconds; on a CPU that takes minutes.
+        with torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=_trust(cfg, family),
+                                                     **kwargs)
         if quantization_config is not None:
             # bitsandbytes quantizes while loading weights, so a random model is saved once and loaded back.
             with tempfile.TemporaryDirectory(prefix="ember-random-") as tmp:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ from ember.config import dump_yaml, validate
 from ember.config.schema import EmberConfig
 from ember.errors import ConfigError
 from ember.core.artifacts import DATA_REPORT, write_metadata
+from ember.training.distributed import (fsdp_without_gpus, is_main_process, main_process_first, rank,
+                                        start_deepspeed_comm)
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,6 @@ class TrainResult:
     metrics: dict[str, Any]
     trainable_params: int
     total_params: int
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def say(message: str) -> None:
@@ -88,10 +85,15 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     validate(cfg)
     resume = resolve_resume(cfg)
-    args = training_arguments(cfg)  # fails on bad train: values before any weight is loaded
-    out = Path(cfg.output.dir)
     if is_main_process():
+        # Before the TrainingArguments exist: once they hold a ZeRO-3 config, building even the planner's meta-device
+        # model goes through deepspeed.zero.Init, whose collectives would wait for the other ranks.
         say(_plan_line(cfg))
+    args = training_arguments(cfg)  # fails on bad train: values before any weight is loaded
+    start_deepspeed_comm(args)
+    if warning := fsdp_without_gpus(args):
+        say(warning)
+    out = Path(cfg.output.dir)
     config_yaml = dump_yaml(cfg)
     say("resolved config:\n" + config_yaml)
     if is_main_process():
@@ -101,7 +103,9 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     set_seed(cfg.train.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    prepared = prepare_data(cfg)
+    with main_process_first(args, shared_cache=cfg.data.cache):  # rank 0 processes, the others read its cache
+        prepared = prepare_data(cfg, progress=is_main_process())
+    log.info("rank %d: data %s", rank(), "read from the cache" if prepared.from_cache else "processed")
     report = prepared.data.report
     say(f"data: {report.train_samples} train / {report.eval_samples} eval samples, {report.trained_tokens} trained "
         f"tokens{' (from cache)' if prepared.from_cache else ''}")
@@ -170,7 +174,7 @@ def _template_record(renderer, cfg: EmberConfig) -> Optional[dict]:
 
 def _fit_embeddings(model, tokenizer, cfg: EmberConfig) -> None:
     """Grow the embeddings when the tokenizer has more tokens (template tokens, an extended vocabulary)."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = model.get_input_embeddings().num_embeddings  # not weight.shape: ZeRO-3 leaves each rank a shard
     if len(tokenizer) <= rows:
         return
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)

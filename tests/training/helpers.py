@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 from transformers import TrainerCallback
 
 
@@ -44,3 +51,54 @@ def saved_tensors(output_dir: Path) -> dict[str, torch.Tensor]:
     out = Path(output_dir)
     name = "adapter_model.safetensors" if (out / "adapter_model.safetensors").is_file() else "model.safetensors"
     return load_file(out / name)
+
+
+def run_group(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a launcher (torchrun, accelerate) in its own process group, so a timeout also ends its workers."""
+    return wait_group(start_group(command, env), timeout)
+
+
+def start_group(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_group(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(proc.args[:4])} ... did not finish in {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def launch_env() -> dict[str, str]:
+    """One thread per process (the machine has 2 cores), no progress bars."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "EMBER_NO_PROGRESS": "1"}
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def accelerate_launch(*args: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(cfg, path: Path) -> Path:
+    """A validated `EmberConfig` as the YAML file a launcher's `ember train` reads."""
+    from ember.config import to_dict
+
+    path.write_text(yaml.safe_dump(to_dict(cfg), allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def check_ok(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stdout[-4000:] + "\n---- stderr ----\n" + done.stderr[-6000:]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +13,7 @@ import yaml
 from ember.config import to_dict
 from ember.training.run import train
 
-from .helpers import logged_losses, saved_tensors
+from .helpers import logged_losses, run_group, saved_tensors
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +47,3 @@ def test_two_process_ddp_matches_one_process(tiny_run_config, tmp_path):
     for name, tensor in single_weights.items():
         torch.testing.assert_close(ddp_weights[name], tensor, rtol=1e-4, atol=1e-6)
 
-
-def run_group(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """Run torchrun in its own process group, so a timeout also ends the workers it started."""
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
