@@ -126,6 +126,13 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     group_by_length: bool = False
     use_cpu: Optional[bool] = None  # None = auto (CPU when no accelerator)
+    on_nonfinite: Literal["stop", "skip_step"] = field(default="stop", metadata={"help": (
+        "a step whose loss or gradient norm is NaN/inf: stop the run (exit 3; the last checkpoint is kept), or "
+        "skip_step: drop that step's update (weights and optimizer state unchanged) and go on")})
+    loss_spike_factor: Optional[float] = field(default=3.0, metadata={"help": (
+        "stop the run when a step's loss exceeds this multiple of its running level (median of the last 16 steps) "
+        "and is more than 1 nat above it, or when the gradient is exactly 0 while the loss is not (a collapsed "
+        "model); null turns these divergence checks off (non-finite numbers are always caught)")})
     extra: dict[str, Any] = field(default_factory=dict)
 
 

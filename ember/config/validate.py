@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 from ember.config.schema import EmberConfig
 from ember.errors import ConfigError
@@ -61,8 +62,7 @@ def validate(cfg: EmberConfig) -> EmberConfig:
 
     if train.bf16 and train.fp16:
         raise ConfigError("train.bf16 and train.fp16 are both true: choose one")
-    if train.gradient_accumulation_steps < 1 or train.per_device_train_batch_size < 1:
-        raise ConfigError("train.per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+    _check_numbers(train)
     if train.eval_strategy != "no" and data.eval_split == 0 and not any(s.split == "eval" for s in data.datasets):
         raise ConfigError(
             f"train.eval_strategy={train.eval_strategy} but there is no validation data: "
@@ -72,6 +72,54 @@ def validate(cfg: EmberConfig) -> EmberConfig:
         _check_deepspeed(train.deepspeed)
     _check_hardware(cfg)
     return cfg
+
+
+def _check_numbers(train) -> None:
+    """Hyper-parameters no run can use: caught here rather than as a traceback (or a silent no-op) after loading."""
+    lr = train.learning_rate
+    if not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"train.learning_rate={lr} must be a positive number (fine-tuning uses 1e-5 to 1e-3)")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "logging_steps"):
+        if getattr(train, key) < 1:
+            raise ConfigError(f"train.{key}={getattr(train, key)} must be >= 1")
+    if train.max_steps == 0 or train.max_steps < -1:
+        raise ConfigError(f"train.max_steps={train.max_steps} must be > 0, or -1 to train train.num_train_epochs")
+    if train.max_steps == -1 and not (math.isfinite(train.num_train_epochs) and train.num_train_epochs > 0):
+        raise ConfigError(f"train.num_train_epochs={train.num_train_epochs} must be > 0 (or set train.max_steps)")
+    if not 0.0 <= train.warmup_ratio < 1.0:
+        raise ConfigError(f"train.warmup_ratio={train.warmup_ratio} must be in [0, 1)")
+    if train.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps={train.warmup_steps} must be >= 0")
+    for key in ("weight_decay", "max_grad_norm"):
+        value = getattr(train, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"train.{key}={value} must be a finite number >= 0")
+    if train.save_strategy == "steps" and train.save_steps < 1:
+        raise ConfigError(f"train.save_steps={train.save_steps} must be >= 1 (or train.save_strategy=no)")
+    if train.eval_steps is not None and train.eval_steps < 1:
+        raise ConfigError(f"train.eval_steps={train.eval_steps} must be >= 1 (or unset: train.logging_steps)")
+    if train.save_total_limit is not None and train.save_total_limit < 1:
+        raise ConfigError(f"train.save_total_limit={train.save_total_limit} must be >= 1, or null to keep every checkpoint")
+    if train.dataloader_num_workers < 0:
+        raise ConfigError(f"train.dataloader_num_workers={train.dataloader_num_workers} must be >= 0")
+    factor = train.loss_spike_factor
+    if factor is not None and not (math.isfinite(factor) and factor > 1):
+        raise ConfigError(f"train.loss_spike_factor={factor} must be a number > 1, or null to turn the divergence "
+                          "checks off")
+    if train.on_nonfinite == "skip_step" and train.deepspeed:
+        raise ConfigError("train.on_nonfinite=skip_step cannot drop a step under DeepSpeed (its engine steps the "
+                          "optimizer itself): use train.on_nonfinite=stop")
+
+
+def config_warnings(cfg: EmberConfig) -> list[str]:
+    """Valid but almost certainly unintended settings, printed before anything loads."""
+    out = []
+    lr = cfg.train.learning_rate
+    if lr > 0.1:
+        out.append(f"train.learning_rate={lr:g} is far above what fine-tuning uses (1e-5 to 1e-3): expect the run to "
+                   "diverge (the divergence guard stops it; see train.loss_spike_factor)")
+    return out
 
 
 def _check_deepspeed(path: str) -> None:

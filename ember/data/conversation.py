@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -80,8 +81,8 @@ def validate_conversation(conv: Conversation, require_assistant: bool = True) ->
         elif m.role == "tool":
             if prev not in ("assistant", "tool"):
                 raise DataError(conv.source, f"{where}.role", "wrong role order: a tool result must follow an assistant turn")
-        if m.weight < 0:
-            raise DataError(conv.source, f"{where}.weight", f"loss weight must be >= 0, got {m.weight}")
+        if not math.isfinite(m.weight) or m.weight < 0:  # NaN passes `< 0`, and would make every gradient NaN
+            raise DataError(conv.source, f"{where}.weight", f"loss weight must be a finite number >= 0, got {m.weight}")
         prev = m.role
     if require_assistant and not any(m.role == "assistant" for m in msgs):
         raise DataError(conv.source, "messages", "no assistant message: nothing to train on")

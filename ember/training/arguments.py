@@ -16,7 +16,7 @@ from ember.core.hardware import bf16_supported
 log = logging.getLogger(__name__)
 
 _NOT_PASSED = {"extra", "resume_from_checkpoint", "bf16", "use_cpu", "gradient_checkpointing", "report_to", "warmup_ratio",
-               "warmup_steps", "group_by_length"}
+               "warmup_steps", "group_by_length", "on_nonfinite", "loss_spike_factor"}
 
 
 def training_arguments(cfg: EmberConfig):

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ember.config import dump_yaml, validate
+from ember.config.validate import config_warnings
 from ember.config.schema import EmberConfig
-from ember.errors import ConfigError
+from ember.errors import ConfigError, TrainingStopped
 from ember.core.artifacts import DATA_REPORT, write_metadata
 from ember.training.distributed import (fsdp_without_gpus, is_main_process, main_process_first, rank,
                                         start_deepspeed_comm)
@@ -80,10 +81,13 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from ember.training.arguments import training_arguments
     from ember.training import checkpoints
     from ember.training.callbacks import LossPlotCallback
+    from ember.training.guard import DivergenceGuard
     from ember.training.stages import STAGES
     from ember.training.trainer import EmberTrainer
 
     validate(cfg)
+    for warning in config_warnings(cfg):
+        say(f"warning: {warning}")
     resume = resolve_resume(cfg)
     if is_main_process():
         # Before the TrainingArguments exist: once they hold a ZeRO-3 config, building even the planner's meta-device
@@ -126,6 +130,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     stage = STAGES[cfg.stage]
     metadata = {"config_yaml": config_yaml, "template": _template_record(prepared.renderer, cfg)}
+    guard = DivergenceGuard(cfg.train.on_nonfinite, cfg.train.loss_spike_factor, check_grads=not args.fp16)
     trainer = EmberTrainer(
         model=model,
         args=args,
@@ -137,11 +142,17 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         optimizers=(_optimizer(model, args, cfg), None),
         loss_fn=stage.loss,
         metadata=metadata,
+        guard=guard,
     )
     result = trainer.train(resume_from_checkpoint=resume)
+    if guard.stopped:
+        raise TrainingStopped(_stopped_message(guard, cfg))
     trainer.save_model(str(out))
     trainer.save_state()
     metrics = dict(result.metrics)
+    if guard.skipped:
+        metrics["skipped_steps"] = guard.skipped
+        say(f"warning: {len(guard.skipped)} optimizer step(s) skipped for non-finite numbers: steps {guard.skipped}")
     if prepared.data.eval:
         metrics.update(trainer.evaluate())
     if trainer.is_world_process_zero():
@@ -159,6 +170,21 @@ def _plan_line(cfg: EmberConfig) -> str:
         return summary_line(plan(cfg, machine_target()))
     except Exception as exc:  # noqa: BLE001 - advice only: a model the planner cannot describe still trains
         return f"plan: not available ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
+def _stopped_message(guard, cfg: EmberConfig) -> str:
+    from ember.training import checkpoints
+
+    newest = checkpoints.scan(Path(cfg.output.dir)).newest
+    kept = (f"The newest complete checkpoint, {newest}, is kept (train.resume_from_checkpoint=auto continues from it "
+            "once the cause is fixed)" if newest else "No checkpoint had been written")
+    if guard.stopped_nonfinite:
+        hint = ("look for extreme values in the data (loss weights) or lower train.learning_rate; "
+                "train.on_nonfinite=skip_step drops such steps instead of stopping")
+    else:
+        hint = (f"lower train.learning_rate (now {cfg.train.learning_rate:g}) or look at the data of that step; "
+                "train.loss_spike_factor=null turns this check off")
+    return f"training stopped at {guard.stopped}. Nothing after it was saved. {kept}. To fix: {hint}"
 
 
 def _template_record(renderer, cfg: EmberConfig) -> Optional[dict]:

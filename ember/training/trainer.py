@@ -17,6 +17,7 @@ from ember.core.artifacts import write_metadata
 from ember.errors import TrainingStopped
 from ember.models.forward import accepts_logits_to_keep
 from ember.training import checkpoints
+from ember.training.guard import DivergenceGuard
 from ember.training.losses import trained_positions
 
 
@@ -24,12 +25,17 @@ class EmberTrainer(Trainer):
     """Uses the public `compute_loss_func` hook; `loss_weights` travel beside the batch, not into the model.
 
     `metadata` (`write_metadata` arguments) goes into every checkpoint before it is sealed, so any checkpoint is
-    servable and its manifest covers those files too.
+    servable and its manifest covers those files too. `guard` judges every optimizer step (ember.training.guard);
+    once it has stopped the run, nothing more is saved.
     """
 
-    def __init__(self, *args, loss_fn: Callable[..., torch.Tensor], metadata: Optional[dict] = None, **kwargs):
+    def __init__(self, *args, loss_fn: Callable[..., torch.Tensor], metadata: Optional[dict] = None,
+                 guard: Optional[DivergenceGuard] = None, **kwargs):
         self._loss_fn = loss_fn
         self._metadata = metadata or {}
+        self._guard = guard
+        if guard is not None:
+            kwargs["callbacks"] = [guard, *(kwargs.get("callbacks") or [])]  # judges before other callbacks see the step
         self._staging: Optional[Path] = None
         self._weights: Optional[torch.Tensor] = None
         self._positions: Optional[torch.Tensor] = None
@@ -58,6 +64,12 @@ class EmberTrainer(Trainer):
             self._tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._guard is not None:
+            self._guard.add_loss(loss)
+        return loss
+
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         # Non-padding tokens per second on this process, since the previous log line.
         now = time.perf_counter()
@@ -67,6 +79,14 @@ class EmberTrainer(Trainer):
                 logs["tokens_per_second"] = round((self._tokens_seen - self._clock[1]) / seconds, 1)
         if "loss" in logs or self._clock is None:
             self._clock = (now, self._tokens_seen)
+        if "loss" in logs and self._guard is not None:
+            judged, dropped = self._guard.window()
+            if dropped:
+                # transformers stands in for a non-finite loss with the window's mean so far (0 when the window is
+                # this one step): say how many steps were dropped, and show no loss where no step has one.
+                logs["dropped_steps"] = dropped
+                if dropped == judged:
+                    logs["loss"] = float("nan")
         super().log(logs, start_time)
 
     # ---- atomic checkpoints ----
@@ -80,6 +100,8 @@ class EmberTrainer(Trainer):
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
+        if self._guard is not None and self._guard.stopped:
+            return  # the weights are suspect: the last checkpoint written before stays the newest
         out = Path(super()._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staged = checkpoints.staging_root(out) / name
