@@ -51,7 +51,7 @@ def test_jobs_with_different_settings_share_the_batch_and_get_their_alone_answer
                 on_done=lambda r, i=i: results.__setitem__(i, r)) for i, q in enumerate(QUESTIONS)]
     seeded = GenerationOptions(max_new_tokens=12, do_sample=True, seed=3)
     jobs.append(Job([prompt(tiny_engine, "a")] * 2, seeded, on_done=lambda r: results.__setitem__(3, r)))
-    run_jobs(queue, jobs, gap_s=0.01)  # arriving one after another, they join the running batch
+    run_jobs(queue, jobs)  # submitted one after another, they join the running batch
     assert queue.totals["peak_rows"] > 1 and queue.totals["row_steps"] > queue.totals["steps"]
     for i, q in enumerate(QUESTIONS):
         alone = tiny_engine.generate([{"role": "user", "content": q}], GenerationOptions(max_new_tokens=12 + i))

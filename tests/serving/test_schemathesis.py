@@ -34,4 +34,4 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tiny_engine,
     report = run.stdout[-8000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
     generated = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
-    assert generated and int(generated.group(1)) == int(generated.group(2)) >= 100, report
+    assert generated and int(generated.group(1)) == int(generated.group(2)) >= 50, report
