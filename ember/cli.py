@@ -51,6 +51,13 @@ def cmd_templates(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from ember.config.reference import annotated_yaml, section_yaml
+
+    print(section_yaml(args.section) if args.section else annotated_yaml(), end="")
+    return 0
+
+
 def _add_run_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run config YAML (model / data / method / train / output)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.max_length=512 train.learning_rate=1e-4")
@@ -73,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("templates", help="list the shipped chat templates")
     p.set_defaults(func=cmd_templates)
+
+    p = sub.add_parser("config", help="every config key with its default and help (the annotated reference)")
+    p.add_argument("section", nargs="?", help="one section: model, data, method, train, preference, output")
+    p.set_defaults(func=cmd_config)
 
     for register in _extensions():
         register(sub)
