@@ -1,49 +1,168 @@
 #!/usr/bin/env bash
-# GPU-only checks, run on a lent GPU machine (see bench/results/gpu_check.md): single-GPU LoRA / full in bf16,
-# DeepSpeed ZeRO-2 and ZeRO-3 (train.deepspeed and accelerate launch) and FSDP2 through accelerate, all through
-# `ember train` on a random 12-layer Qwen2 (hidden 768) with the SmolLM2 tokenizer and the bundled dialogues.
-# Usage (on the GPU machine, repo root): bash bench/gpu_check.sh OUTDIR   (wheels for missing packages in .whl/)
+# GPU readiness check for one GPU, in under 8 minutes: every step is an `ember train` run measured by
+# bench/gpu_run.py (steady-state tokens/s, MFU, peak GPU memory, and `ember plan`'s predicted peak when that command
+# exists), each step independent of the others:
+#   smol_lora        SmolLM2-135M LoRA r16 (all linear layers), bf16, SDPA attention
+#   smol_qlora       the same on a 4-bit nf4 base (bitsandbytes), bf16 compute
+#   smol_zero2       DeepSpeed ZeRO-2, LoRA     (torchrun --nproc_per_node 1, train.deepspeed=examples/deepspeed/zero2.json)
+#   smol_zero3       DeepSpeed ZeRO-3, full     (torchrun, zero3.json)
+#   llama8b_full     random Llama-3-8B-shaped model (config only), full fine-tuning in bf16, seq 2048, gradient
+#                    checkpointing, the micro-batch that fills ~85% of the GPU (from `ember plan`, else an estimate;
+#                    halved and rerun after an out-of-memory failure)
+#   llama8b_lora     the same model, LoRA r16 on every linear layer
+#   smol_fsdp2       FSDP2 through accelerate (examples/accelerate/fsdp.yaml, one process), full
+#   smol_lora_fa2    FlashAttention 2 instead of SDPA (skipped when flash_attn is not installed)
+#   smol_zero3_accel ZeRO-3 through `accelerate launch --config_file examples/accelerate/zero3.yaml`
+# Steps run in that order while the time budget lasts (GPU_CHECK_BUDGET seconds, default 450); a step that would
+# not fit is recorded as skipped. Each writes OUTDIR/NAME.log, NAME.rc and (from gpu_run.py) NAME.json; the end
+# writes OUTDIR/summary.md, summary.json, env.txt and bundle.tgz (everything). SmolLM2's weights (538 MB) cannot
+# travel to the GPU machine (64 MiB per call), so the SmolLM2 steps train a random model of exactly its architecture,
+# from .whl/smollm2/config.json, unless .whl/smollm2/model.safetensors is there: speed and memory are the same,
+# losses are not meaningful.
+#
+# Usage, on the GPU machine from the repository root (after `bash bench/gpu_wheels.sh` here):
+#   bash bench/gpu_check.sh OUTDIR [RETURN_DIR]      # RETURN_DIR gets summary.md, summary.json and bundle.tgz
+#   device tool: run(command="bash bench/gpu_check.sh /tmp/gpu_check $OUT", carry=[".whl"], timeout_s=600)
+# Tiny mode, to check the script's flow on a CPU in a few minutes: GPU_CHECK_TINY=1 bash bench/gpu_check.sh OUTDIR
 set -uo pipefail
-OUT=${1:-/tmp/gpu_check}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
+cd "${GPU_CHECK_ROOT:-$(dirname "$0")/..}"
+OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR [RETURN_DIR]}
+RETURN_DIR=${2:-}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+TINY=${GPU_CHECK_TINY:-0}
+BUDGET=${GPU_CHECK_BUDGET:-450}
+PY=${PYTHON:-python3}
+[ "$TINY" = 1 ] && [ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
+WORK=${GPU_CHECK_WORK:-/tmp/ember_gpu_check}
+rm -rf "$WORK" && mkdir -p "$WORK"
+
+# Wheels for what the GPU machine lacks (deepspeed, bitsandbytes, ...), installed beside its own packages.
+if ls .whl/*.whl >/dev/null 2>&1 && [ "$TINY" != 1 ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
+    > "$OUT/pip.log" 2>&1 || echo "warning: wheel install failed, see pip.log" | tee -a "$OUT/env.txt"
+  export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
-  export PYTHONPATH=$PWD
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export EMBER_NO_PROGRESS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)" | tee -a "$OUT/gpu.txt"
-cat > /tmp/gpu_cfg.yaml <<YAML
+export EMBER_CACHE="$WORK/cache" HF_HUB_OFFLINE=1 EMBER_NO_PROGRESS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"
+  "$PY" - <<'PYTHON' 2>&1
+import importlib, importlib.metadata as md, torch
+print("python", __import__("sys").version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda,
+      "| gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+for name in ("transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "flash_attn", "pydantic", "tokenizers"):
+    try:
+        print(f"{name} {md.version(name.replace('_', '-'))}")
+    except md.PackageNotFoundError:
+        print(f"{name} not installed")
+PYTHON
+} | tee -a "$OUT/env.txt"
+GPU_RUN_PLAN=no
+"$PY" -m ember plan --help >/dev/null 2>&1 && GPU_RUN_PLAN=yes
+export GPU_RUN_PLAN
+echo "ember plan available: $GPU_RUN_PLAN" | tee -a "$OUT/env.txt"
+
+SMOL=.whl/smollm2
+SMOL_MODEL=("model.name_or_path=$SMOL")
+if [ ! -f "$SMOL/model.safetensors" ]; then
+  SMOL_MODEL+=("model.random_init=true")
+  echo "SmolLM2: random weights in its architecture ($SMOL/config.json); no $SMOL/model.safetensors" | tee -a "$OUT/env.txt"
+fi
+cat > "$WORK/smol.yaml" <<YAML
 stage: sft
-model:
-  name_or_path: qwen2
-  random_init: true
-  tokenizer: .whl/smoltok
-  config_overrides: {num_hidden_layers: 12, hidden_size: 768, intermediate_size: 2048, num_attention_heads: 12, num_key_value_heads: 4}
-data: {datasets: [{path: examples/data/quickstart.jsonl}], max_length: 512, cache: false}
-method: {type: lora, rank: 16, alpha: 32}
-train: {max_steps: 30, per_device_train_batch_size: 8, logging_steps: 10, learning_rate: 1.0e-4, report_to: none, save_strategy: "no", seed: 1}
-output: {dir: /tmp/gpu_run, overwrite: true}
+model: {name_or_path: $SMOL, attn_implementation: sdpa}
+data: {datasets: [{path: examples/data/quickstart.jsonl}], max_length: 1024, cache: true}
+method: {type: lora, rank: 16, alpha: 32, dropout: 0.0}
+train: {max_steps: 20, per_device_train_batch_size: 8, learning_rate: 1.0e-4, lr_scheduler_type: constant,
+        logging_steps: 5, report_to: none, save_strategy: "no", bf16: true, seed: 1}
+output: {dir: $WORK/runs/smol, overwrite: true, plot_loss: false}
 YAML
-run() {  # name, command...
-  local name=$1; shift
-  local start=$(date +%s.%N)
-  "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  local secs=$(python3 -c "import time; print(round(time.time() - $start, 1))")
-  local loss=$(grep -o "'train_loss': '[0-9.]*'" "$OUT/$name.log" | tail -1)
-  local tps=$(grep -o "'train_tokens_per_second': '[0-9.]*'" "$OUT/$name.log" | tail -1)
-  echo "| $name | rc=$rc | ${secs}s | $loss | $tps |" | tee -a "$OUT/summary.md"
+cat > "$WORK/llama8b.yaml" <<YAML
+stage: pt
+model:
+  name_or_path: llama
+  random_init: true
+  tokenizer: $SMOL
+  dtype: bfloat16
+  attn_implementation: sdpa
+  config_overrides: {hidden_size: 4096, intermediate_size: 14336, num_hidden_layers: 32, num_attention_heads: 32,
+                     num_key_value_heads: 8, vocab_size: 128256, max_position_embeddings: 8192,
+                     tie_word_embeddings: false}
+data: {datasets: [{path: examples/data/pretrain_zh.txt, ratio: 120}], max_length: 2048, cache: true}
+method: {type: full, rank: 16, alpha: 32, dropout: 0.0}
+train: {max_steps: 8, per_device_train_batch_size: 1, gradient_checkpointing: true, learning_rate: 1.0e-5,
+        lr_scheduler_type: constant, logging_steps: 1, report_to: none, save_strategy: "no", bf16: true, seed: 1}
+output: {dir: $WORK/runs/llama8b, overwrite: true, plot_loss: false}
+YAML
+TINY_SMOL=() TINY_8B=() WARMUP=2 BIG_CAP=64
+if [ "$TINY" = 1 ]; then  # a CPU: the same flow on 2-layer models, a few steps
+  TINY_SMOL=("model.config_overrides={num_hidden_layers: 2, hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 16}"
+             train.max_steps=5 train.bf16=null data.max_length=256 train.per_device_train_batch_size=2)
+  TINY_8B=("model.config_overrides={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 49152}"
+           train.max_steps=5 train.bf16=null data.max_length=256 "data.datasets=[{path: examples/data/pretrain_zh.txt, ratio: 4}]")
+  WARMUP=1 BIG_CAP=2
+fi
+
+START=$SECONDS
+step() {  # NAME SECONDS_NEEDED TIMEOUT COMMAND...: run unless the budget is spent; never stops the script
+  local name=$1 need=$2 limit=$3; shift 3
+  local left=$((BUDGET - (SECONDS - START)))
+  if [ "$left" -lt "$need" ]; then
+    echo "skipped: ${left}s of the budget left, needs ~${need}s" > "$OUT/$name.rc"
+    echo "== $name: skipped (budget)"; return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s)"
+  local t0=$SECONDS
+  timeout -k 15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  [ $rc -eq 124 ] && echo "timeout after ${limit}s" >> "$OUT/$name.log"
+  echo "$rc" > "$OUT/$name.rc"
+  echo "   exit $rc in $((SECONDS - t0))s: $(grep -h '^gpu_run:' "$OUT/$name.log" | cut -c1-220)"
 }
-echo "| run | exit | wall | final train loss | tokens/s |" > "$OUT/summary.md"
-echo "|---|---|---|---|---|" >> "$OUT/summary.md"
-run lora_bf16 python3 -m ember train /tmp/gpu_cfg.yaml
-run full_bf16 python3 -m ember train /tmp/gpu_cfg.yaml method.type=full train.learning_rate=2e-5
-run freeze_bf16 python3 -m ember train /tmp/gpu_cfg.yaml method.type=freeze method.trainable_layers=2 train.learning_rate=2e-5
-run ds_zero2_arg torchrun --nproc_per_node 1 -m ember train /tmp/gpu_cfg.yaml train.deepspeed=examples/deepspeed/zero2.json
-run ds_zero3_arg torchrun --nproc_per_node 1 -m ember train /tmp/gpu_cfg.yaml method.type=full train.learning_rate=2e-5 train.deepspeed=examples/deepspeed/zero3.json
-run ds_zero2_accelerate accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 1 -m ember train /tmp/gpu_cfg.yaml
-run fsdp2_accelerate_full accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 1 -m ember train /tmp/gpu_cfg.yaml method.type=full train.learning_rate=2e-5
-run fsdp2_accelerate_lora accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 1 -m ember train /tmp/gpu_cfg.yaml
-for f in "$OUT"/*.log; do echo "== $f"; grep -E "Error|error:|Traceback" "$f" | head -5; done > "$OUT/errors.txt"
+RUN=("$PY" bench/gpu_run.py --out "$OUT" --plan --warmup "$WARMUP")
+TORCHRUN1=("$PY" -m torch.distributed.run --standalone --nproc_per_node 1 bench/gpu_run.py --out "$OUT" --plan
+           --warmup "$WARMUP")
+ACCEL1=("$PY" -m accelerate.commands.launch --num_processes 1 --main_process_port 29517)  # + --config_file F SCRIPT
+AFTER_ACCEL=(bench/gpu_run.py --out "$OUT" --plan --warmup "$WARMUP")
+BIG=("${RUN[@]}" --fill-memory --max-micro-batch "$BIG_CAP" --oom-retries 2 "$WORK/llama8b.yaml")  # micro-batch halved after out-of-memory
+
+SMOL_ARGS=("$WORK/smol.yaml" "${SMOL_MODEL[@]}")
+step smol_lora 40 120 "${RUN[@]}" --name smol_lora "${SMOL_ARGS[@]}" "output.dir=$WORK/runs/smol_lora" "${TINY_SMOL[@]}"
+step smol_qlora 40 120 "${RUN[@]}" --name smol_qlora "${SMOL_ARGS[@]}" method.type=qlora \
+  "output.dir=$WORK/runs/smol_qlora" "${TINY_SMOL[@]}"
+step smol_zero2 45 150 "${TORCHRUN1[@]}" --name smol_zero2 "${SMOL_ARGS[@]}" \
+  train.deepspeed=examples/deepspeed/zero2.json "output.dir=$WORK/runs/smol_zero2" "${TINY_SMOL[@]}"
+step smol_zero3 45 150 "${TORCHRUN1[@]}" --name smol_zero3 "${SMOL_ARGS[@]}" method.type=full train.learning_rate=1e-5 \
+  train.deepspeed=examples/deepspeed/zero3.json "output.dir=$WORK/runs/smol_zero3" "${TINY_SMOL[@]}"
+# The 8B run ends by saving 16 GB of weights: into RAM (/dev/shm) when it has room, which is much faster than a disk.
+BIGOUT=$WORK/runs
+[ -d /dev/shm ] && [ "$(df -Pk /dev/shm | awk 'NR==2 {print $4}')" -gt 40000000 ] && BIGOUT=/dev/shm/ember_gpu_check
+step llama8b_full 100 240 "${BIG[@]}" --name llama8b_full method.type=full "output.dir=$BIGOUT/llama8b_full" \
+  "${TINY_8B[@]}"
+rm -rf "$BIGOUT/llama8b_full"
+step llama8b_lora 80 200 "${BIG[@]}" --name llama8b_lora method.type=lora "output.dir=$BIGOUT/llama8b_lora" \
+  "${TINY_8B[@]}"
+rm -rf "$BIGOUT/llama8b_lora"
+step smol_fsdp2 40 120 "${ACCEL1[@]}" --config_file examples/accelerate/fsdp.yaml "${AFTER_ACCEL[@]}" --name smol_fsdp2 \
+  "${SMOL_ARGS[@]}" method.type=full train.learning_rate=1e-5 "output.dir=$WORK/runs/smol_fsdp2" "${TINY_SMOL[@]}"
+if "$PY" -c "import flash_attn" >/dev/null 2>&1; then
+  step smol_lora_fa2 40 120 "${RUN[@]}" --name smol_lora_fa2 "${SMOL_ARGS[@]}" \
+    model.attn_implementation=flash_attention_2 "output.dir=$WORK/runs/smol_lora_fa2" "${TINY_SMOL[@]}"
+else
+  echo "skipped: flash_attn is not installed" > "$OUT/smol_lora_fa2.rc"
+fi
+step smol_zero3_accel 45 150 "${ACCEL1[@]}" --config_file examples/accelerate/zero3.yaml "${AFTER_ACCEL[@]}" \
+  --name smol_zero3_accel "${SMOL_ARGS[@]}" method.type=full train.learning_rate=1e-5 \
+  "output.dir=$WORK/runs/smol_zero3_accel" "${TINY_SMOL[@]}"
+
+echo "total: $((SECONDS - START))s of steps" | tee -a "$OUT/env.txt"
+"$PY" bench/gpu_summary.py "$OUT" > "$OUT/summary.md" 2> "$OUT/summary.err"
 cat "$OUT/summary.md"
+tar czf "$WORK/bundle.tgz" -C "$OUT" . && mv "$WORK/bundle.tgz" "$OUT/bundle.tgz"
+if [ -n "$RETURN_DIR" ]; then
+  mkdir -p "$RETURN_DIR" && cp "$OUT/summary.md" "$OUT/summary.json" "$OUT/env.txt" "$OUT/bundle.tgz" "$RETURN_DIR/"
+fi
