@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -60,7 +59,9 @@ def limit_name(limit: int) -> str:
 
 def read_records(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8")
-    return json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def write_records(records: list[dict], path: Path, fmt: str) -> None:
@@ -119,7 +120,7 @@ def synth_sets(records: list[dict], long_rounds: int, conversations: int, short_
 
 
 def child_ember(a) -> None:
-    tmp = Path(os.environ.get("EMBER_PEER_TMP", tempfile.mkdtemp()))
+    tmp = peers.child_tmp()
     cfg = tmp / "data.yaml"
     cfg.write_text(json.dumps({  # JSON is YAML
         "stage": "sft", "model": {"name_or_path": a.model},
@@ -146,16 +147,22 @@ def child_ember(a) -> None:
     peers.child_result(seconds=seconds, samples=len(lengths), tokens=sum(lengths), workers=workers)
 
 
-def child_llamafactory(a) -> None:
-    tmp = Path(os.environ.get("EMBER_PEER_TMP", tempfile.mkdtemp()))
+def lf_dataset_dir(tmp: Path, data: str, fmt: str) -> Path:
+    """LLaMA-Factory reads datasets by name from a folder with a dataset_info.json; this one names the file `bench`."""
     data_dir = tmp / "lf-data"
     data_dir.mkdir()
-    name = "bench" + Path(a.data).suffix
-    (data_dir / name).symlink_to(a.data)
-    info = {"file_name": name, "formatting": a.format}
-    if a.format == "sharegpt":
+    name = "bench" + Path(data).suffix
+    (data_dir / name).symlink_to(data)
+    info = {"file_name": name, "formatting": fmt}
+    if fmt == "sharegpt":
         info["columns"] = {"messages": "conversations"}
     (data_dir / "dataset_info.json").write_text(json.dumps({"bench": info}))
+    return data_dir
+
+
+def child_llamafactory(a) -> None:
+    tmp = peers.child_tmp()
+    data_dir = lf_dataset_dir(tmp, a.data, a.format)
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_tokenizer
@@ -187,7 +194,7 @@ def tiny_model(model_dir: str):
 
 
 def child_trl(a) -> None:
-    tmp = Path(os.environ.get("EMBER_PEER_TMP", tempfile.mkdtemp()))
+    tmp = peers.child_tmp()
     from datasets import load_dataset
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -250,7 +257,8 @@ def report(rows: list[dict], refs: dict, runs, args, synth: dict | None) -> str:
         res, ref = r["result"], refs[r["group"].split("@")[0]]
         workers = "auto" if res["workers"] is None else res["workers"]
         lines.append(f"{r['group']:22} {label[r['tool']]:14} {workers:>7} {res['samples']:>7} "
-                     f"{res['tokens']:>10,} {r['seconds']:>8.2f} {r['wall_s']:>7.1f} {ref['tokens'] / r['seconds']:>10,.0f} "
+                     f"{res['tokens']:>10,} {r['seconds']:>8.2f} {r['wall_s']:>7.1f} "
+                     f"{ref['tokens'] / r['seconds']:>10,.0f} "
                      f"{r['rss_gb']:>7.2f}GB {r['vs_peer']:>14.2f}x")
     if synth:
         lines += ["", f"# Ember cost per token: {synth['conversations']} conversation(s) of {synth['long']} rounds vs "
@@ -264,17 +272,15 @@ def report(rows: list[dict], refs: dict, runs, args, synth: dict | None) -> str:
                 r = next(r for r in rows if r["group"] == group and r["label"].endswith(f" {n}-round"))
                 tokens = refs[f"synth {n}-round"]["tokens"]
                 cost, base = r["seconds"] / tokens, short["seconds"] / refs[f"synth {synth['short']}-round"]["tokens"]
-                lines.append(f"{limit_name(limit):>10} {n:>6} {tokens:>10,} {r['seconds']:>8.2f} {cost * 1e6:>9.2f} {cost / base:>29.2f}x")
+                lines.append(f"{limit_name(limit):>10} {n:>6} {tokens:>10,} {r['seconds']:>8.2f} "
+                             f"{cost * 1e6:>9.2f} {cost / base:>29.2f}x")
     lines += [
         "",
         "timed s: median over rounds of each tool's timed section (after imports: tokenizer load, read, convert, "
         "tokenise, label, truncate, write). wall s: the whole child process, imports included.",
         "ref tok/s: the set's ref tokens / timed s (one count for every tool). own tokens: the ids the tool kept "
         "(after its own truncation). vs fastest peer: the fastest peer's timed s / this row's (>1: faster).",
-        "",
-        "# every run, in the order it ran (1-minute load average before → after)",
-        *peers.runs_lines(runs),
-        f"# load average at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        *peers.runs_section(runs),
     ]
     return "\n".join(lines)
 
@@ -338,7 +344,8 @@ def main() -> None:
         for limit in args.max_lengths:
             for name, (path, fmt) in inputs.items():
                 for tool in TOOLS:
-                    jobs.append(peers.Job(tool, tool, child_argv(tool, path, fmt, limit, args, model), f"{name}@{limit}"))
+                    argv = child_argv(tool, path, fmt, limit, args, model)
+                    jobs.append(peers.Job(tool, tool, argv, f"{name}@{limit}"))
         synth = None
         if not args.no_synth:
             source = read_records(base / SETS["sharegpt_zh"][0])
@@ -352,15 +359,8 @@ def main() -> None:
                     jobs.append(peers.Job(f"ember {n}-round", "ember",
                                           child_argv("ember", path, "sharegpt", limit, args, model),
                                           f"synth@{limit_name(limit)}"))
-        log_dir = Path(tempfile.mkdtemp(prefix="ember-data-vs-peers-logs-"))
-        print(f"{len(jobs)} jobs x {args.repeats} round(s); child logs in {log_dir}", file=sys.stderr, flush=True)
-        runs = peers.run_interleaved(jobs, args.repeats, log_dir)
-    rows = peers.summarise(runs)
-    peers.ratio_vs_fastest_peer(rows)
-    text = report(rows, refs, runs, args, synth) + f"\n# bench wall time {time.perf_counter() - start:.0f} s"
-    print(text)
-    if args.record:
-        print(f"recorded in {peers.write_result('data_vs_peers', text)}")
+        runs, rows = peers.measure("data-vs-peers", jobs, args.repeats)
+    peers.publish("data_vs_peers", report(rows, refs, runs, args, synth), start, args.record)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ records the spec and the versions it ended up with.
 The runner (`run_interleaved`) runs each job in its own subprocess from this one driver, in rounds (A, B, C, A, B,
 C, ...), every child with OMP_WAIT_POLICY=PASSIVE, offline, and a fresh, empty HF datasets cache (so no tool reads
 another run's Arrow cache); it records wall seconds, the child's own timed section, the child's peak RSS
-(ru_maxrss from wait4, which covers its worker processes too) and the 1-minute load average before and after.
+(ru_maxrss from wait4: the largest single process among the child and its worker processes, not their sum) and the
+1-minute load average before and after.
 
     python bench/peers.py            # build (or check) both venvs and print their versions
 """
@@ -109,8 +110,8 @@ def ensure_venv(tool: str) -> Path:
             _pip(python, TORCH, log=log)
             _pip(python, "-c", str(constraints), *spec["install"], log=log)
             for name in spec["remove"]:
-                subprocess.run([str(python), "-m", "pip", "uninstall", "-y", name], stdout=log, stderr=subprocess.STDOUT,
-                               check=True)
+                subprocess.run([str(python), "-m", "pip", "uninstall", "-y", name], stdout=log,
+                               stderr=subprocess.STDOUT, check=True)
             site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                        capture_output=True, text=True, check=True).stdout.strip())
             for rel in spec["strip_native"]:
@@ -220,6 +221,25 @@ def run_interleaved(jobs: list[Job], repeats: int, log_dir: Path) -> list[Run]:
     return runs
 
 
+def measure(name: str, jobs: list[Job], repeats: int) -> tuple[list[Run], list[dict]]:
+    """Run the jobs interleaved; return every run and one summary row per (group, label) with its peer ratio."""
+    warn_if_busy()
+    log_dir = Path(tempfile.mkdtemp(prefix=f"ember-{name}-logs-"))
+    print(f"{len(jobs)} jobs x {repeats} round(s); child logs in {log_dir}", file=sys.stderr, flush=True)
+    runs = run_interleaved(jobs, repeats, log_dir)
+    rows = summarise(runs)
+    ratio_vs_fastest_peer(rows)
+    return runs, rows
+
+
+def publish(name: str, text: str, start: float, record: bool) -> None:
+    """Print the report; with `record`, also write it to bench/results/<name>.txt."""
+    text += f"\n# bench wall time {time.perf_counter() - start:.0f} s"
+    print(text)
+    if record:
+        print(f"recorded in {write_result(name, text)}")
+
+
 # ------------------------------------------------------------------------------------------------ the report
 
 
@@ -269,6 +289,13 @@ def machine_lines() -> list[str]:
             f"load average (1, 5, 15 min) at start {', '.join(f'{x:.2f}' for x in START_LOAD)}"]
 
 
+def warn_if_busy() -> None:
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} CPUs before the first run: other processes will "
+              "slow some runs more than others (every run's load is printed and recorded)", file=sys.stderr, flush=True)
+
+
 def has_avx512_bf16() -> bool:
     try:
         return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
@@ -282,19 +309,19 @@ def versions_lines(tools: list[str]) -> list[str]:
         v = tool_versions(tool)
         main = {"ember": f"ember {v.get('ember')}", "llamafactory": f"LLaMA-Factory {v.get('llamafactory')}",
                 "trl": f"TRL {v.get('trl')}"}[tool]
-        libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers")
-                         if k in v)
+        libs = ", ".join(f"{k} {v[k]}" for k in REPORTED[2:] if k in v)
         lines.append(f"#   {main:24s} ({libs})")
     return lines
 
 
-def runs_lines(runs: list[Run]) -> list[str]:
+def runs_section(runs: list[Run]) -> list[str]:
     """Every run, in the order it ran, with the 1-minute load average before and after it."""
-    lines = [f"{'round':>5} {'group':22} {'label':26} {'timed s':>8} {'wall s':>7} {'peak RSS':>9} {'load':>11}"]
+    lines = ["", "# every run, in the order it ran (1-minute load average before → after)",
+             f"{'round':>5} {'group':22} {'label':26} {'timed s':>8} {'wall s':>7} {'peak RSS':>9} {'load':>11}"]
     for r in runs:
         lines.append(f"{r.round:>5} {r.job.group:22} {r.job.label:26} {r.result['seconds']:>8.2f} {r.wall_s:>7.1f} "
                      f"{r.rss_gb:>7.2f}GB {r.load_before:>5.1f}→{r.load_after:<5.1f}")
-    return lines
+    return lines + [f"# load average (1, 5, 15 min) at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
 
 
 def write_result(name: str, text: str) -> Path:
@@ -302,6 +329,11 @@ def write_result(name: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     return path
+
+
+def child_tmp() -> Path:
+    """The per-run scratch folder the runner made (removed after the run)."""
+    return Path(os.environ.get("EMBER_PEER_TMP") or tempfile.mkdtemp(prefix="ember-peer-run-"))
 
 
 def warm_imports() -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import peers  # noqa: E402  (stdlib only: children in the peer venvs import it too)
-from data_vs_peers import read_records, reference_tokens, to_messages, write_records  # noqa: E402
+from data_vs_peers import lf_dataset_dir, read_records, reference_tokens, to_messages, write_records  # noqa: E402
 
 DATA = "sft/medicalgpt/sharegpt_zh_1K_format.jsonl"
 CONFIGS = {  # label → (tool, packing mode)
@@ -70,7 +69,7 @@ def _result(metrics: dict, clock) -> None:
 
 
 def child_ember(a) -> None:
-    tmp = Path(os.environ.get("EMBER_PEER_TMP", tempfile.mkdtemp()))
+    tmp = peers.child_tmp()
     from ember.config import load_config, validate
     from ember.training.run import train
 
@@ -91,19 +90,16 @@ def child_ember(a) -> None:
 
 
 def child_llamafactory(a) -> None:
-    tmp = Path(os.environ.get("EMBER_PEER_TMP", tempfile.mkdtemp()))
-    data_dir = tmp / "lf-data"
-    data_dir.mkdir()
-    (data_dir / "bench.jsonl").symlink_to(a.data)
-    (data_dir / "dataset_info.json").write_text(json.dumps(
-        {"bench": {"file_name": "bench.jsonl", "formatting": "sharegpt", "columns": {"messages": "conversations"}}}))
+    tmp = peers.child_tmp()
+    data_dir = lf_dataset_dir(tmp, a.data, "sharegpt")
     from llamafactory.train.tuner import run_exp
 
     out = tmp / "out"
     clock = peers.step_clock()
     run_exp({
         "model_name_or_path": a.model, "stage": "sft", "do_train": True, "finetuning_type": "lora",
-        "lora_rank": HYPER["rank"], "lora_alpha": HYPER["alpha"], "lora_dropout": HYPER["dropout"], "lora_target": "all",
+        "lora_rank": HYPER["rank"], "lora_alpha": HYPER["alpha"], "lora_dropout": HYPER["dropout"],
+        "lora_target": "all",
         "dataset": "bench", "dataset_dir": str(data_dir), "template": a.template, "cutoff_len": a.max_length,
         "overwrite_cache": True, "neat_packing": a.mode == "neat",
         "output_dir": str(out), "per_device_train_batch_size": HYPER["batch"], "num_train_epochs": a.epochs,
@@ -115,7 +111,7 @@ def child_llamafactory(a) -> None:
 
 
 def child_trl(a) -> None:
-    tmp = Path(os.environ.get("EMBER_PEER_TMP", tempfile.mkdtemp()))
+    tmp = peers.child_tmp()
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
@@ -202,10 +198,7 @@ def report(rows: list[dict], ref: dict, runs, args, precision: str) -> str:
         f"tokens/s: {ref['tokens']:,} / train s for every row. vs fastest peer: train s of the fastest peer "
         f"configuration ({fastest}) / this row's (>1: faster). loss: the trainer's mean training loss (LLaMA-Factory "
         "also trains the newline after <|im_end|>; TRL trains every token).",
-        "",
-        "# every run, in the order it ran (1-minute load average before → after)",
-        *peers.runs_lines(runs),
-        f"# load average at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        *peers.runs_section(runs),
     ]
     return "\n".join(lines)
 
@@ -218,7 +211,8 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, help="how many conversations (default 96; --quick 8)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--max-steps", type=int, default=-1, help="a fixed step count for every tool (overrides epochs)")
+    parser.add_argument("--max-steps", type=int, default=-1,
+                        help="a fixed step count for every tool (overrides epochs)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (default 1)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 autocast when the CPU has avx512_bf16, else fp32 (the same for every tool)")
@@ -261,15 +255,8 @@ def main() -> None:
                 str(Path(__file__).resolve()), "--child", tool, "--data", str(data), "--model", model, "--mode", mode,
                 "--template", args.lf_template, "--bf16", str(int(bf16)), "--max-length", str(args.max_length),
                 "--epochs", str(args.epochs), "--max-steps", str(args.max_steps)], "train"))
-        log_dir = Path(tempfile.mkdtemp(prefix="ember-train-vs-peers-logs-"))
-        print(f"{len(jobs)} jobs x {args.repeats} round(s); child logs in {log_dir}", file=sys.stderr, flush=True)
-        runs = peers.run_interleaved(jobs, args.repeats, log_dir)
-    rows = peers.summarise(runs)
-    peers.ratio_vs_fastest_peer(rows)
-    text = report(rows, ref, runs, args, precision) + f"\n# bench wall time {time.perf_counter() - start:.0f} s"
-    print(text)
-    if args.record:
-        print(f"recorded in {peers.write_result('train_vs_peers', text)}")
+        runs, rows = peers.measure("train-vs-peers", jobs, args.repeats)
+    peers.publish("train_vs_peers", report(rows, ref, runs, args, precision), start, args.record)
 
 
 if __name__ == "__main__":
