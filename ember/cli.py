@@ -33,13 +33,12 @@ def cmd_data_preview(args) -> int:
 
 
 def cmd_data_export(args) -> int:
-    from ember.training.prepare import prepare_data
-    from ember.data.preview import export_jsonl
+    from ember.training.prepare import export_samples
 
-    cfg = _load_run_config(args)
-    prepared = prepare_data(cfg)
-    count = export_jsonl(prepared.data, args.out)
-    print(f"wrote {count} samples to {args.out}")
+    count, report, summary = export_samples(_load_run_config(args), args.out, args.report)
+    for line in summary:
+        print(line)
+    print(f"wrote {count} samples to {args.out} (data report: {report})")
     return 0
 
 
@@ -76,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("export", help="write input_ids/labels per sample as JSON lines")
     _add_run_config(p)
     p.add_argument("--out", required=True, help="output .jsonl file")
+    p.add_argument("--report", default=None, help="where the data report goes (default: OUT.report.json)")
     p.set_defaults(func=cmd_data_export)
 
     p = sub.add_parser("templates", help="list the shipped chat templates")

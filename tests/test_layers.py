@@ -14,7 +14,8 @@ ROOT = Path(ember.__file__).parent
 
 # Lowest first. Packages on one row are siblings: neither imports the other.
 LAYERS: list[set[str]] = [
-    {"errors", "core"},
+    {"errors"},
+    {"core"},
     {"config"},
     {"data"},
     {"models"},

@@ -22,7 +22,7 @@ from ember.config.schema import DataConfig, DatasetSpec
 from ember.data.files import data_files, iter_file, iter_records, looks_like_hub_id
 from ember.data.recipes import EncodeContext, Recipe
 from ember.data.render import Renderer
-from ember.data.report import DataReport, tokenizer_warnings
+from ember.data.report import DataReport, NothingToTrain, tokenizer_warnings
 from ember.data.store import ArrowWriter, Samples, read_table
 from ember.errors import DataError
 
@@ -229,7 +229,8 @@ def process(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optional[Rend
     report.kept = len(train) + len(held)
     report.set_lengths(train.lengths() + held.lengths())
     if report.trained_tokens == 0:
-        raise DataError(", ".join(s.path for s in data.datasets), None, zero_trainable_message(report, data))
+        error = DataError(", ".join(s.path for s in data.datasets), None, zero_trainable_message(report, data))
+        raise NothingToTrain(error, report)
     return ProcessedData(train, held, report)
 
 

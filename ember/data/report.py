@@ -4,7 +4,9 @@ and saved as JSON. Worker processes each fill their own report; `merge` adds the
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +26,8 @@ class DataReport:
     dropped_nothing_to_train: int = 0
     turns_dropped: int = 0
     split_into: int = 0  # extra samples made by truncation: split
+    dropped_identical_pairs: int = 0  # preference pairs whose two answers encode to the same tokens
+    dropped_empty_answers: int = 0  # preference pairs / kto examples with an empty answer
     train_samples: int = 0
     eval_samples: int = 0
     total_tokens: int = 0
@@ -107,6 +111,10 @@ class DataReport:
         ]
         if self.split_into:
             rows.append(("extra samples from split conversations", str(self.split_into)))
+        if self.dropped_identical_pairs:
+            rows.append(("dropped: identical answers", str(self.dropped_identical_pairs)))
+        if self.dropped_empty_answers:
+            rows.append(("dropped: empty answer", str(self.dropped_empty_answers)))
         if self.answer_tokens:
             detail = ", ".join(f"{reason}: {n}" for reason, n in self.answer_tokens_lost.items() if n)
             rows.append(("answer tokens kept", f"{self.answer_tokens - lost} of {self.answer_tokens} "
@@ -117,6 +125,40 @@ class DataReport:
             ("warnings", str(self.warning_count)),
         ]
         return rows
+
+
+def skip_summary(report: DataReport, first: int = 5) -> list[str]:
+    """What a person must see after preparing data: how many records were skipped or dropped, by reason, and the
+    first few of them by file:line. Empty when nothing was lost."""
+    lines = []
+    skipped = sum(report.skipped.values())
+    if skipped:
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in sorted(report.skipped.items(), key=lambda kv: -kv[1]))
+        lines.append(f"skipped {skipped} of {report.read} records: {reasons}")
+    if report.dropped_too_long:
+        lines.append(f"dropped {report.dropped_too_long} record(s) longer than max_length")
+    if report.dropped_nothing_to_train:
+        lines.append(f"dropped {report.dropped_nothing_to_train} record(s) with nothing to train")
+    lines += [f"  {r['source']}: {r['reason']}" for r in report.skipped_records[:first]]
+    more = len(report.skipped_records) - first
+    if more > 0:
+        lines.append(f"  … {more} more in the data report")
+    return lines
+
+
+def save_report(report: DataReport, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+class NothingToTrain(Exception):
+    """Raised with the data report when processing left no trainable token (the caller writes the report, then
+    raises the DataError it carries)."""
+
+    def __init__(self, error: Exception, report: DataReport):
+        super().__init__(str(error))
+        self.error, self.report = error, report
 
 
 def tokenizer_warnings(tokenizer) -> list[str]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from ember.config.schema import EmberConfig
+from ember.errors import DataError
 from ember.data.cache import load_or_process
 from ember.data.pipeline import ProcessedData
 from ember.data.render import Renderer
+from ember.data.report import NothingToTrain, save_report
 from ember.data.setup import build_renderer
 
 
@@ -28,7 +31,10 @@ def family_template(cfg: EmberConfig) -> Optional[str]:
     return family.template if family else None
 
 
-def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True) -> PreparedData:
+def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True,
+                 report_path: Optional[Path] = None) -> PreparedData:
+    """The exact samples of a run (see `ember.prepare_data`). When nothing is left to train, the data report is
+    written to `report_path` (if given) before the DataError is raised, so every skipped record stays listed."""
     from ember.models.loading import load_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
@@ -39,5 +45,28 @@ def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True) -> Pre
     if stage.needs_template:
         fallback = family_template(cfg) if (cfg.data.template == "auto" and not tokenizer.chat_template) else None
         renderer = build_renderer(cfg.data.template, tokenizer, fallback)
-    data, cached = load_or_process(cfg.data, stage.recipe, tokenizer, renderer, progress)
+    try:
+        data, cached = load_or_process(cfg.data, stage.recipe, tokenizer, renderer, progress)
+    except NothingToTrain as empty:
+        if report_path is None:
+            raise empty.error from None
+        save_report(empty.report, report_path)
+        raise DataError(empty.error.source, None, f"{empty.error.problem}; the data report is {report_path}") from None
     return PreparedData(tokenizer, renderer, data, cached)
+
+def export_samples(cfg: EmberConfig, out: Path, report_path: Optional[Path] = None) -> tuple[int, Path, list[str]]:
+    """`ember data export`: the samples as JSON lines in `out`, and the data report beside it (`OUT.report.json`, or
+    `report_path`) — written also when every record was skipped. The output folder is checked before any work.
+    Returns (samples written, report path, the skip summary lines)."""
+    from ember.core.paths import check_writable
+    from ember.data.preview import export_jsonl
+    from ember.data.report import skip_summary
+
+    out = Path(out)
+    report_path = Path(report_path) if report_path else out.with_name(out.name + ".report.json")
+    check_writable(out)
+    check_writable(report_path)
+    prepared = prepare_data(cfg, report_path=report_path)
+    count = export_jsonl(prepared.data, out)
+    save_report(prepared.data.report, report_path)
+    return count, report_path, skip_summary(prepared.data.report)

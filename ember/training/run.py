@@ -73,6 +73,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     import torch
     from transformers import set_seed
 
+    from ember.data.report import skip_summary
     from ember.training.prepare import prepare_data
     from ember.data.collate import EncodedDataset
     from ember.models.adapters import apply_method, describe_parameters, parameter_counts, quantization_config
@@ -108,13 +109,16 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     with main_process_first(args, shared_cache=cfg.data.cache):  # rank 0 processes, the others read its cache
-        prepared = prepare_data(cfg, progress=is_main_process())
+        prepared = prepare_data(cfg, progress=is_main_process(),
+                                report_path=out / DATA_REPORT if is_main_process() else None)
     log.info("rank %d: data %s", rank(), "read from the cache" if prepared.from_cache else "processed")
     report = prepared.data.report
     say(f"data: {report.train_samples} train / {report.eval_samples} eval samples, {report.trained_tokens} trained "
         f"tokens{' (from cache)' if prepared.from_cache else ''}")
     if is_main_process():
         (out / DATA_REPORT).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    for line in skip_summary(report):
+        say(line)
     for warning in report.warnings[:10]:
         say(f"data warning: {warning}")
     tokenizer = prepared.tokenizer

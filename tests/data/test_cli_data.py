@@ -81,7 +81,7 @@ def test_preview_lists_skipped_records(capsys, config_file):
 def test_export_writes_what_the_renderer_encodes(capsys, config_file, tmp_path, renderer):
     out_file = tmp_path / "out" / "samples.jsonl"
     code, out, err = _run(capsys, "data", "export", str(config_file()), "--out", str(out_file))
-    assert (code, err, out) == (0, "", f"wrote 2 samples to {out_file}\n")
+    assert (code, err, out) == (0, "", f"wrote 2 samples to {out_file} (data report: {out_file}.report.json)\n")
     data = tmp_path / "chat.jsonl"
     rows = _rows(out_file)
     assert [(r["source"], r["split"]) for r in rows] == [(f"{data}:1", "train"), (f"{data}:2", "train")]
@@ -96,7 +96,7 @@ def test_dotted_overrides(capsys, config_file, tmp_path, renderer):
     cfg = str(config_file())
     # overrides may stand before or after --out
     code, out, _ = _run(capsys, "data", "export", cfg, "data.mask=last_assistant", "--out", str(out_file), "data.eval_split=0.5")
-    assert (code, out) == (0, f"wrote 2 samples to {out_file}\n")
+    assert (code, out) == (0, f"wrote 2 samples to {out_file} (data report: {out_file}.report.json)\n")
     rows = _rows(out_file)
     assert [r["split"] for r in rows] == ["train", "eval"]
     by_source = {r["source"].rsplit(":", 1)[1]: r for r in rows}
@@ -106,7 +106,8 @@ def test_dotted_overrides(capsys, config_file, tmp_path, renderer):
     short, long = (len(renderer.encode(Conversation([Message(r, c) for r, c in chat])).input_ids) for chat in CHATS)
     assert short < long
     code, out, _ = _run(capsys, "data", "export", cfg, "--out", str(out_file), f"data.max_length={short}", "data.truncation=drop")
-    assert (code, out) == (0, f"wrote 1 samples to {out_file}\n")
+    assert (code, out) == (0, f"dropped 1 record(s) longer than max_length\n  {tmp_path / 'chat.jsonl'}:2: longer than "
+                              f"max_length={short}\nwrote 1 samples to {out_file} (data report: {out_file}.report.json)\n")
 
 
 def test_unknown_config_key_names_the_closest(capsys, config_file):
