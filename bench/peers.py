@@ -337,7 +337,9 @@ def child_tmp() -> Path:
 
 
 def warm_imports() -> None:
-    """Import what every tool's tokenizer load pulls in lazily, so that no tool's clock includes library imports."""
+    """Import what the tools pull in lazily (tokenizer classes, Arrow), so that no tool's clock includes imports."""
+    import datasets  # noqa: F401
+    import pyarrow  # noqa: F401
     import torch  # noqa: F401
     from transformers import AutoConfig, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast  # noqa: F401
 
