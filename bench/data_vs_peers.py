@@ -22,9 +22,18 @@ from the same ShareGPT-zh rounds (concatenated in file order), at the first leng
 Runs are interleaved (A, B, C, A, B, C, ...) from one driver, each in its own process (bench/peers.py: venvs,
 OMP_WAIT_POLICY=PASSIVE, a fresh datasets cache per run, peak RSS, load average beside every run).
 
-    python bench/data_vs_peers.py --quick      # smoke test: 40 records per set, 1024 only, 1 round
+Peer quirks met: LLaMA-Factory's `smollm2` template ends the default system prompt with a period that SmolLM2's own
+template lacks (`--lf-template` none would parse the tokenizer's template instead) and also labels the newline after
+each `<|im_end|>`; TRL's own ShareGPT conversion keeps the roles `human`/`gpt` (rendered as `<|im_start|>human`), so
+its child converts to ChatML `messages` itself (inside its clock); TRL trains every token by default (SmolLM2's
+template has no `{% generation %}` markers for `assistant_only_loss`).
+
+    python bench/data_vs_peers.py --quick      # smoke test: 40 records per set, 1024 only, 1 round (~3 min)
     python bench/data_vs_peers.py              # full: both sets, 1024 and 512, 3 rounds
     python bench/data_vs_peers.py --record     # the same, also written to bench/results/data_vs_peers.txt
+    python bench/data_vs_peers.py --num-proc 2 # every tool with 2 worker processes
+
+The first run builds the peer venvs (bench/peers.py; ~6 + ~4 minutes, needs the package index); later runs reuse them.
 """
 
 from __future__ import annotations

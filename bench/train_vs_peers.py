@@ -26,9 +26,12 @@ own chat template (every tool trains on the same conversations; templates differ
 the child process's. Runs are interleaved (A, B, C, A, B, C, ...) from one driver, each in its own process
 (bench/peers.py: venvs, OMP_WAIT_POLICY=PASSIVE, load average beside every run).
 
-    python bench/train_vs_peers.py --quick      # smoke test: 8 conversations, every configuration, 1 round
+    python bench/train_vs_peers.py --quick      # smoke test: 8 conversations (2 steps), every configuration, 1 round
     python bench/train_vs_peers.py              # full: 96 conversations, 7 configurations, 1 round
     python bench/train_vs_peers.py --record     # the same, also written to bench/results/train_vs_peers.txt
+    python bench/train_vs_peers.py --configs ember trl-padfree --repeats 2
+
+The first run builds the peer venvs (bench/peers.py; ~6 + ~4 minutes, needs the package index); later runs reuse them.
 """
 
 from __future__ import annotations
