@@ -180,7 +180,8 @@ def child_llamafactory(a) -> None:
     start = time.perf_counter()
     model_args, data_args, training_args, _, _ = get_train_args({
         "model_name_or_path": a.model, "stage": "sft", "do_train": True, "finetuning_type": "lora",
-        "dataset": "bench", "dataset_dir": str(data_dir), "template": a.template, "cutoff_len": a.max_length,
+        "dataset": "bench", "dataset_dir": str(data_dir), "cutoff_len": a.max_length,
+        "template": None if a.template == "none" else a.template,
         "overwrite_cache": True, "preprocessing_num_workers": a.num_proc, "tokenized_path": str(tmp / "tokenized"),
         "output_dir": str(tmp / "out"), "report_to": "none", "use_cpu": True,
     })
@@ -304,7 +305,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     parser.add_argument("--records", type=int, help="use the first N records of each set (default all; --quick 40)")
     parser.add_argument("--num-proc", type=int, help="worker processes for every tool (default: each tool's default)")
-    parser.add_argument("--lf-template", default="smollm2", help="LLaMA-Factory template (default smollm2)")
+    parser.add_argument("--lf-template", default="smollm2",
+                        help="LLaMA-Factory template (default smollm2; none: it parses the tokenizer's own)")
     parser.add_argument("--synth-rounds", type=int, nargs=2, metavar=("LONG", "SHORT"),
                         help="rounds per synthetic conversation (default 160 4; --quick 16 4)")
     parser.add_argument("--synth-conversations", type=int, help="long synthetic conversations (default 2; --quick 1)")

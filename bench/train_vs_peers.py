@@ -103,7 +103,8 @@ def child_llamafactory(a) -> None:
         "model_name_or_path": a.model, "stage": "sft", "do_train": True, "finetuning_type": "lora",
         "lora_rank": HYPER["rank"], "lora_alpha": HYPER["alpha"], "lora_dropout": HYPER["dropout"],
         "lora_target": "all",
-        "dataset": "bench", "dataset_dir": str(data_dir), "template": a.template, "cutoff_len": a.max_length,
+        "dataset": "bench", "dataset_dir": str(data_dir), "cutoff_len": a.max_length,
+        "template": None if a.template == "none" else a.template,
         "overwrite_cache": True, "neat_packing": a.mode == "neat",
         "output_dir": str(out), "per_device_train_batch_size": HYPER["batch"], "num_train_epochs": a.epochs,
         "max_steps": a.max_steps, "learning_rate": HYPER["lr"], "lr_scheduler_type": "constant", "logging_steps": 5,
@@ -219,7 +220,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (default 1)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 autocast when the CPU has avx512_bf16, else fp32 (the same for every tool)")
-    parser.add_argument("--lf-template", default="smollm2", help="LLaMA-Factory template (default smollm2)")
+    parser.add_argument("--lf-template", default="smollm2",
+                        help="LLaMA-Factory template (default smollm2; none: it parses the tokenizer's own)")
     parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     for name in ("--data", "--model", "--mode", "--template"):
         parser.add_argument(name, help=argparse.SUPPRESS)
