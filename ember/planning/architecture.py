@@ -129,7 +129,10 @@ def build_meta_model(cfg: EmberConfig, gpu: bool):
     from ember.models.loading import detect_family
 
     config = read_config(cfg)
-    kwargs = {"attn_implementation": cfg.model.attn_implementation} if cfg.model.attn_implementation else {}
+    attention = cfg.model.attn_implementation
+    # FlashAttention kernels need not be installed to plan for them: the meta model is built with sdpa, and the
+    # planner counts what flash-attn keeps (ModelShape.attention).
+    kwargs = {"attn_implementation": "sdpa" if "flash" in attention else attention} if attention else {}
     family = detect_family(getattr(config, "model_type", ""), cfg.model.family)
     trust = cfg.model.trust_remote_code if cfg.model.trust_remote_code is not None else bool(family and family.trust_remote_code)
     try:
@@ -199,7 +202,7 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
         # holds directly, which ZeRO-3 gathers whole
         largest_layer_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in base.modules()),
         largest_trainable_tensor=max((p.numel() for p in model.parameters() if p.requires_grad), default=0),
-        attention=_attention_kind(config),
+        attention="flash" if "flash" in (cfg.model.attn_implementation or "") else _attention_kind(config),
         notes=tuple(notes),
     )
 

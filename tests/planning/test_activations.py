@@ -112,3 +112,12 @@ def test_torch_autocast_copies_weights_only_for_fp32_weights(tiny_cfg):
     cfg16 = tiny_cfg("method.type=full", "train.bf16=true", "model.dtype=bfloat16")
     shape16 = describe(cfg16, gpu=False)
     assert estimate(shape16, Batch(2, 16, False), precision(cfg16, shape16, CPU, None), False).autocast_copies == 0
+
+
+def test_flash_attention_is_planned_without_the_kernels_installed(tiny_cfg):
+    cfg = tiny_cfg("model.attn_implementation=flash_attention_2")
+    shape = describe(cfg, gpu=True)
+    assert shape.attention == "flash"
+    act = estimate(shape, Batch(2, 16, False), precision(cfg, shape, CPU, None), False).breakdown
+    assert "attention masks (per layer)" not in act  # padding is handled inside the kernel, not by a mask
+    assert act["attention q/k/v"] == 2 * 32 * (64 + 2 * 32) * 4  # k and v keep their 2 heads
