@@ -15,6 +15,8 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 class GradCapture(TrainerCallback):
     """Keeps a copy of every gradient just before each optimizer step (after accumulation and clipping)."""
@@ -59,8 +61,9 @@ def run_group(command: list[str], env: dict[str, str], timeout: float) -> subpro
 
 
 def start_group(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Started in the repository root, where the examples' relative paths (examples/deepspeed/*.json) resolve."""
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, cwd=ROOT)
 
 
 def wait_group(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:

@@ -16,8 +16,8 @@ import torch
 
 from ember.training.run import train
 
-from .helpers import (accelerate_launch, check_ok, free_port, launch_env, logged_losses, run_group, saved_tensors,
-                      torchrun, write_config)
+from .helpers import (ROOT, accelerate_launch, check_ok, free_port, launch_env, logged_losses, run_group,
+                      saved_tensors, torchrun, write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def offload_json(name: str, tmp_path) -> str:
     `zero_force_ds_cpu_optimizer` is false; the offload itself (fp32 master weights and optimizer state on the CPU,
     stepped there) is the same either way.
     """
-    config = json.loads(open(f"examples/deepspeed/{name}", encoding="utf-8").read())
+    config = json.loads((ROOT / "examples" / "deepspeed" / name).read_text(encoding="utf-8"))
     config["zero_force_ds_cpu_optimizer"] = False
     path = tmp_path / name
     path.write_text(json.dumps(config), encoding="utf-8")
@@ -60,7 +60,7 @@ def test_zero2_matches_one_process_and_resumes_through_accelerate(run_config, sa
     common = ("method.type=lora", "train.max_steps=4", "train.per_device_train_batch_size=2")
     out = tmp_path / "zero2"
     cfg = run_config(*common, "train.save_strategy=steps", "train.save_steps=2",
-                     "train.deepspeed=examples/deepspeed/zero2.json", f"output.dir={out}")
+                     f"train.deepspeed={ROOT}/examples/deepspeed/zero2.json", f"output.dir={out}")
     launch(torchrun("--standalone", "--nproc_per_node", "2", *ember_train(write_config(cfg, tmp_path / "z2.yaml"))))
 
     single = train(run_config(*common, "train.gradient_accumulation_steps=2", f"output.dir={tmp_path / 'single'}"))
@@ -97,7 +97,7 @@ def test_zero3_matches_one_process_and_resumes_through_accelerate(run_config, tm
     # 2 processes × micro-batch 1 × accumulation 2 = 1 process × 2 × 2: the same 4 samples per step.
     cfg = run_config(*common, "train.per_device_train_batch_size=1", "train.gradient_accumulation_steps=2",
                      "train.save_strategy=steps", "train.save_steps=2",
-                     "train.deepspeed=examples/deepspeed/zero3.json", f"output.dir={out}")
+                     f"train.deepspeed={ROOT}/examples/deepspeed/zero3.json", f"output.dir={out}")
     launch(torchrun("--standalone", "--nproc_per_node", "2", *ember_train(write_config(cfg, tmp_path / "z3.yaml"))))
 
     single = train(run_config(*common, "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=2",
