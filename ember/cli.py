@@ -21,7 +21,7 @@ def _load_run_config(args):
 
 
 def cmd_data_preview(args) -> int:
-    from ember.training.prepare import prepare_data
+    from ember.training.prepare import new_token_warning, prepare_data
     from ember.data.preview import print_preview
 
     cfg = _load_run_config(args)
@@ -29,6 +29,8 @@ def cmd_data_preview(args) -> int:
     print_preview(prepared.data, prepared.tokenizer, n=args.n)
     if prepared.from_cache:
         print("(loaded from the processed-data cache)")
+    if warning := new_token_warning(prepared, cfg):
+        print(f"warning: {warning}")
     return 0
 
 

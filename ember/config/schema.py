@@ -189,7 +189,8 @@ class TrainConfig:
         "with save_strategy: steps, write a checkpoint every N steps")})
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "keep the newest N checkpoints"})
     seed: int = field(default=42, metadata={"help": "model-side seed: data order, dropout, LoRA init"})
-    report_to: Any = field(default="tensorboard", metadata={"help": "tensorboard | wandb | none | [a, b]"})
+    report_to: Any = field(default="tensorboard", metadata={"help": (
+        "tensorboard | wandb | none | [a, b]; each logger's package must be installed (checked before loading)")})
     deepspeed: Optional[str] = field(default=None, metadata={"help": (
         "a DeepSpeed JSON (examples/deepspeed/zero2.json, zero3.json, *_offload.json); launch with torchrun (see "
         "\"Scaling out\"); needs the deepspeed extra")})
@@ -207,7 +208,8 @@ class TrainConfig:
         "and is more than 1 nat above it, or when the gradient is exactly 0 while the loss is not (a collapsed "
         "model); null turns these divergence checks off (non-finite numbers are always caught)")})
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": (
-        "any other TrainingArguments field, checked by name: {adam_beta2: 0.95}")})
+        "any other TrainingArguments field, checked by name: {adam_beta2: 0.95}; push_to_hub is refused (upload "
+        "the finished run with huggingface-cli upload)")})
 
 
 @dataclass

@@ -63,6 +63,7 @@ def validate(cfg: EmberConfig) -> EmberConfig:
     if train.bf16 and train.fp16:
         raise ConfigError("train.bf16 and train.fp16 are both true: choose one")
     _check_numbers(train)
+    _check_reporting(train)
     if train.eval_strategy != "no" and data.eval_split == 0 and not any(s.split == "eval" for s in data.datasets):
         raise ConfigError(
             f"train.eval_strategy={train.eval_strategy} but there is no validation data: "
@@ -110,6 +111,35 @@ def _check_numbers(train) -> None:
     if train.on_nonfinite == "skip_step" and train.deepspeed:
         raise ConfigError("train.on_nonfinite=skip_step cannot drop a step under DeepSpeed (its engine steps the "
                           "optimizer itself): use train.on_nonfinite=stop")
+
+
+# train.report_to names (transformers' integrations) → the module each needs
+_REPORTERS = {"azure_ml": "azureml", "clearml": "clearml", "codecarbon": "codecarbon", "comet_ml": "comet_ml",
+              "dagshub": "dagshub", "dvclive": "dvclive", "flyte": "flytekit", "kubeflow": "kubeflow",
+              "mlflow": "mlflow", "neptune": "neptune", "swanlab": "swanlab", "tensorboard": "tensorboard",
+              "trackio": "trackio", "wandb": "wandb"}
+
+
+def _check_reporting(train) -> None:
+    """Loggers and uploads that would otherwise fail when the Trainer is built, after the model has loaded."""
+    names = [train.report_to] if isinstance(train.report_to, str) or train.report_to is None else train.report_to
+    for name in names:
+        if name in (None, "none", "all"):
+            continue
+        if name not in _REPORTERS:
+            raise ConfigError(f"train.report_to: '{name}' is not a logger transformers knows; choose from "
+                              f"{', '.join(sorted(_REPORTERS))}, or none")
+        module = _REPORTERS[name]
+        found = importlib.util.find_spec(module) or (name == "tensorboard" and importlib.util.find_spec("tensorboardX"))
+        if not found:
+            raise ConfigError(f"train.report_to={name} needs the '{module}' package, which is not installed: "
+                              f"pip install {module} (or train.report_to=none)")
+    if train.extra.get("push_to_hub"):
+        raise ConfigError(
+            "train.extra.push_to_hub: ember train does not upload while training (checkpoints are sealed and "
+            "renamed locally; a run directory is complete only at the end); upload the finished run with "
+            "`huggingface-cli upload ORG/NAME OUTPUT_DIR`, and remove push_to_hub"
+        )
 
 
 def config_warnings(cfg: EmberConfig) -> list[str]:

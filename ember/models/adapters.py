@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
@@ -42,8 +43,13 @@ def lora_targets(method: MethodConfig, family: Optional[Family]) -> Any:
     return "all-linear"
 
 
-def apply_method(model, method: MethodConfig, family: Optional[Family], gradient_checkpointing: bool = False):
-    """Return the model to train, with exactly the intended parameters requiring grad."""
+def apply_method(model, method: MethodConfig, family: Optional[Family], gradient_checkpointing: bool = False,
+                 new_token_rows: Sequence[int] = ()):
+    """Return the model to train, with exactly the intended parameters requiring grad.
+
+    `new_token_rows`: embedding rows no training has shaped (tokens a chat template added, rows a resize created);
+    with LoRA they train as PEFT trainable tokens in embed_tokens and lm_head, the rest of both matrices frozen.
+    """
     if method.type == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -67,6 +73,7 @@ def apply_method(model, method: MethodConfig, family: Optional[Family], gradient
         lora_dropout=method.dropout,
         target_modules=_in_last_layers(model, lora_targets(method, family), method.lora_layers),
         modules_to_save=list(method.modules_to_save) or None,
+        trainable_token_indices=_token_layers(model, new_token_rows) if new_token_rows else None,
         use_rslora=method.rslora,
         use_dora=method.dora,
         bias="none",
@@ -76,6 +83,13 @@ def apply_method(model, method: MethodConfig, family: Optional[Family], gradient
         return get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError(f"LoRA could not be applied ({exc}); check method.targets / method.modules_to_save") from None
+
+
+def _token_layers(model, rows: Sequence[int]) -> dict[str, list[int]]:
+    """The embedding and output layers' names, each with `rows` (peft ties the two when the model ties them)."""
+    layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+    names = {id(m): name for name, m in model.named_modules()}
+    return {names[id(layer)]: list(rows) for layer in layers if layer is not None and id(layer) in names}
 
 
 def decoder_stack(model) -> tuple[str, torch.nn.ModuleList]:

@@ -46,6 +46,38 @@ def resolve_source(name_or_path: str) -> str:
     return name_or_path  # a hub id: transformers downloads it (needs network)
 
 
+def _hub_id(name_or_path: str) -> Optional[str]:
+    """The hub id `name_or_path` stands for, or None (a GGUF, a local path, or a name resolve_source refuses)."""
+    named = named_models().get(name_or_path)
+    if named is not None:
+        return None if named.package else named.hub_id
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".gguf" or p.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        return None
+    return name_or_path
+
+
+def check_reachable(cfg: ModelConfig) -> None:
+    """Fail before anything loads when the model or tokenizer is a hub id that cannot be had: the hub is switched
+    off (HF_HUB_OFFLINE=1) and the repository is not in the local cache (transformers would fail deep in loading)."""
+    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+
+    if not is_offline_mode():
+        return
+    family = cfg.random_init and _random_init_type(cfg.name_or_path) is not None  # built here: no download
+    wanted = [] if family else [("model.name_or_path", cfg.name_or_path, "config.json")]
+    if cfg.tokenizer:
+        wanted.append(("model.tokenizer", cfg.tokenizer, "tokenizer_config.json"))
+    for key, name, probe in wanted:
+        hub = _hub_id(name)
+        if hub is not None and not isinstance(try_to_load_from_cache(hub, probe, revision=cfg.revision), str):
+            raise ConfigError(
+                f"{key}={name} is the hub repository {hub}, but the hub is switched off (HF_HUB_OFFLINE=1) and it is "
+                f"not in the local cache ({constants.HF_HUB_CACHE}): download it once with the network on "
+                f"(huggingface-cli download {hub}), or give a local directory"
+            )
+
+
 def _gguf_file(name_or_path: str) -> Optional[Path]:
     """The GGUF file behind a registry name or a `.gguf` path; None for directories and hub ids."""
     named = named_models().get(name_or_path)

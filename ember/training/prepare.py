@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +21,20 @@ class PreparedData:
     renderer: Optional[Renderer]
     data: ProcessedData
     from_cache: bool
+    added_tokens: list[int] = field(default_factory=list)  # ids the chat template added to the tokenizer
+
+
+def new_token_warning(prepared: PreparedData, cfg: EmberConfig) -> Optional[str]:
+    """What `ember data preview` and `ember train` say when the template brings tokens the model never saw."""
+    ids = prepared.added_tokens
+    if not ids:
+        return None
+    names = prepared.tokenizer.convert_ids_to_tokens(ids)
+    return (f"data.template={cfg.data.template} uses {len(ids)} special token(s) this tokenizer does not have "
+            f"({', '.join(names)}): the model never saw them, so their embeddings start untrained. `ember train` "
+            "adds them and trains those rows beside a LoRA adapter (method.modules_to_save: [embed_tokens, lm_head] "
+            "trains the whole matrices instead); data.template=auto uses the model's own template, which needs none")
+
 
 
 def family_template(cfg: EmberConfig) -> Optional[str]:
@@ -44,7 +58,11 @@ def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True,
     renderer = None
     if stage.needs_template:
         fallback = family_template(cfg) if (cfg.data.template == "auto" and not tokenizer.chat_template) else None
+        before = len(tokenizer)
         renderer = build_renderer(cfg.data.template, tokenizer, fallback)
+        added = list(range(before, len(tokenizer)))
+    else:
+        added = []
     try:
         data, cached = load_or_process(cfg.data, stage.recipe, tokenizer, renderer, progress)
     except NothingToTrain as empty:
@@ -52,7 +70,7 @@ def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True,
             raise empty.error from None
         save_report(empty.report, report_path)
         raise DataError(empty.error.source, None, f"{empty.error.problem}; the data report is {report_path}") from None
-    return PreparedData(tokenizer, renderer, data, cached)
+    return PreparedData(tokenizer, renderer, data, cached, added)
 
 def export_samples(cfg: EmberConfig, out: Path, report_path: Optional[Path] = None) -> tuple[int, Path, list[str]]:
     """`ember data export`: the samples as JSON lines in `out`, and the data report beside it (`OUT.report.json`, or

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +75,10 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from transformers import set_seed
 
     from ember.data.report import skip_summary
-    from ember.training.prepare import prepare_data
+    from ember.training.prepare import new_token_warning, prepare_data
     from ember.data.collate import EncodedDataset
     from ember.models.adapters import apply_method, describe_parameters, parameter_counts, quantization_config
-    from ember.models.loading import detect_family, load_model
+    from ember.models.loading import check_reachable, detect_family, load_model
     from ember.core.hardware import resolve_dtype
     from ember.training.arguments import training_arguments
     from ember.training import checkpoints
@@ -87,6 +88,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from ember.training.trainer import EmberTrainer
 
     validate(cfg)
+    check_reachable(cfg.model)  # an offline hub id fails here, not deep inside the tokenizer or weight loading
     for warning in config_warnings(cfg):
         say(f"warning: {warning}")
     resume = resolve_resume(cfg)
@@ -121,14 +123,17 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         say(line)
     for warning in report.warnings[:10]:
         say(f"data warning: {warning}")
+    for warning in [new_token_warning(prepared, cfg), *_schedule_warnings(cfg, len(prepared.data.train), args.world_size)]:
+        if warning:
+            say(f"warning: {warning}")
     tokenizer = prepared.tokenizer
 
     compute = resolve_dtype(cfg.method.compute_dtype if cfg.method.type == "qlora" else "auto")
     model = load_model(cfg.model, quantization_config=quantization_config(cfg.method, compute), vocab_size=len(tokenizer))
-    _fit_embeddings(model, tokenizer, cfg)
+    new_rows = _fit_embeddings(model, tokenizer, prepared.added_tokens)
     family = detect_family(getattr(model.config, "model_type", ""), cfg.model.family)
     model.config.use_cache = False  # training never needs the KV cache (and packed batches must not build one)
-    model = apply_method(model, cfg.method, family, cfg.train.gradient_checkpointing)
+    model = apply_method(model, cfg.method, family, cfg.train.gradient_checkpointing, _rows_to_train(new_rows, cfg))
     trainable, total = parameter_counts(model)
     say(describe_parameters(model))
 
@@ -202,16 +207,49 @@ def _template_record(renderer, cfg: EmberConfig) -> Optional[dict]:
     return record
 
 
-def _fit_embeddings(model, tokenizer, cfg: EmberConfig) -> None:
-    """Grow the embeddings when the tokenizer has more tokens (template tokens, an extended vocabulary)."""
+def _fit_embeddings(model, tokenizer, added: Sequence[int]) -> list[int]:
+    """Grow the embeddings to the tokenizer (template tokens, an extended vocabulary). Returns the rows no training
+    has shaped: those of tokens the template added, and every row the resize created (also the padding rows, so
+    that what is saved and served does not depend on how the resize drew them)."""
     rows = model.get_input_embeddings().num_embeddings  # not weight.shape: ZeRO-3 leaves each rank a shard
-    if len(tokenizer) <= rows:
-        return
-    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
-    if cfg.method.type in ("lora", "qlora") and not cfg.method.modules_to_save:
-        # New rows must learn: train embeddings and head beside the adapter, as vocabulary extension does.
-        cfg.method.modules_to_save = ["embed_tokens", "lm_head"]
-        say(f"tokenizer has {len(tokenizer)} tokens > {rows} embedding rows: resized, and training embed_tokens/lm_head")
+    new = sorted(i for i in added if i < rows)
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+        new += list(range(rows, model.get_input_embeddings().num_embeddings))
+    return new
+
+
+def _rows_to_train(rows: list[int], cfg: EmberConfig) -> list[int]:
+    """The new rows that train as their own parameters: with LoRA, unless the config trains both matrices whole."""
+    from ember.models.adapters import EMBEDDING_NAMES
+
+    if not rows:
+        return []
+    method = cfg.method
+    if method.type in ("lora", "qlora") and not any(n in EMBEDDING_NAMES for n in method.modules_to_save):
+        say(f"training only the {len(rows)} new embedding rows (ids {rows[0]}..{rows[-1]}) of embed_tokens and "
+            "lm_head beside the adapter (PEFT trainable tokens); method.modules_to_save: [embed_tokens, lm_head] "
+            "trains the whole matrices")
+        return rows
+    if method.type == "freeze" and not any(n in m for m in method.trainable_modules for n in EMBEDDING_NAMES):
+        say(f"warning: method.type=freeze leaves the {len(rows)} new embedding rows as initialised (untrained): add "
+            "embed_tokens and lm_head to method.trainable_modules to train them")
+    return []
+
+
+def _schedule_warnings(cfg: EmberConfig, samples: int, world_size: int) -> list[str]:
+    """A warmup that never ends within the run: the learning rate would never reach train.learning_rate."""
+    t = cfg.train
+    batches = math.ceil(samples / (t.per_device_train_batch_size * max(world_size, 1)))
+    per_epoch = max(math.ceil(batches / t.gradient_accumulation_steps), 1)
+    total = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * per_epoch)
+    warmup = math.ceil(t.warmup_ratio * total) if t.warmup_ratio else t.warmup_steps
+    if warmup < total:
+        return []
+    given = f"train.warmup_ratio={t.warmup_ratio:g}" if t.warmup_ratio else f"train.warmup_steps={t.warmup_steps}"
+    return [f"{given} is {warmup} steps but the run has {total} optimizer steps: the learning rate never reaches "
+            f"train.learning_rate={t.learning_rate:g} (at most {t.learning_rate * total / warmup:.3g}); lower the "
+            "warmup or train longer"]
 
 
 def _optimizer(model, args, cfg: EmberConfig):
