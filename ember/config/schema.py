@@ -11,7 +11,8 @@ from typing import Any, Literal, Optional
 
 Stage = Literal["pt", "sft", "dpo", "orpo", "simpo", "kto"]
 # pairs: prompt + chosen/rejected (TRL / UltraFeedback); kto: messages + label (preference stages)
-DataFormat = Literal["auto", "alpaca", "sharegpt", "openai", "firefly", "moss", "columns", "text", "pairs", "kto"]
+DataFormat = Literal["auto", "alpaca", "sharegpt", "openai", "firefly", "moss", "glaive", "columns", "text", "pairs",
+                     "kto"]
 MaskMode = Literal["all_assistant", "last_assistant", "all"]
 Truncation = Literal["split", "turns", "left", "right", "drop"]
 OnError = Literal["strict", "skip"]
@@ -26,7 +27,7 @@ class DatasetSpec:
         "a data file (.json/.jsonl/.csv/.parquet/.txt), a folder of them (the format is detected per file) or a hub "
         "id (org/name)")})
     format: DataFormat = field(default="auto", metadata={"help": (
-        "auto (detected per file) | openai | sharegpt | alpaca | firefly | moss | columns | text")})
+        "auto (detected per file) | openai | sharegpt | alpaca | firefly | moss | glaive | columns | text")})
     samples: Optional[int] = field(default=None, metadata={"help": "take the first N records (after shuffling)"})
     ratio: Optional[float] = field(default=None, metadata={"help": "or a fraction; > 1 repeats the file (upsampling)"})
     split: Literal["train", "eval"] = field(default="train", metadata={"help": (

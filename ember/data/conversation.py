@@ -81,6 +81,9 @@ def validate_conversation(conv: Conversation, require_assistant: bool = True) ->
         elif m.role == "tool":
             if prev not in ("assistant", "tool"):
                 raise DataError(conv.source, f"{where}.role", "wrong role order: a tool result must follow an assistant turn")
+        if m.tool_calls and m.role != "assistant":
+            raise DataError(conv.source, f"{where}.tool_calls", f"only assistant messages make tool calls, not "
+                                                                f"'{m.role}' messages")
         if not math.isfinite(m.weight) or m.weight < 0:  # NaN passes `< 0`, and would make every gradient NaN
             raise DataError(conv.source, f"{where}.weight", f"loss weight must be a finite number >= 0, got {m.weight}")
         prev = m.role

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Callable
 from typing import Any, Optional
 
+from ember.data.agent_formats import MS_MARKERS, from_glaive, split_msagent
 from ember.data.conversation import Conversation, Message, validate_conversation
+from ember.data.tools import calls_from_text, literal_list, normalize_calls, normalize_tools
 from ember.errors import DataError
 
 # Column names tried, in order, when `format: columns` is detected without an explicit mapping.
@@ -16,8 +17,13 @@ COLUMN_PAIRS = (("input", "target"), ("query", "response"), ("prompt", "response
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
                   "bard": "assistant", "bing": "assistant", "system": "system", "function_call": "assistant",
-                  "observation": "tool", "tool": "tool", "function": "tool"}
-MESSAGE_KEYS = {"role", "content", "train", "weight", "tool_calls", "name", "tool_call_id", "loss"}
+                  "observation": "tool", "tool": "tool", "function": "tool", "tool_call": "assistant",
+                  "function-call": "assistant", "tool_response": "tool", "function_response": "tool",
+                  "function-response": "tool"}
+# speakers (sharegpt) and roles (openai, ms-swift) whose value is a call as JSON text, joined to the assistant turn
+CALL_SPEAKERS = {"function_call", "tool_call", "function-call"}
+MESSAGE_KEYS = {"role", "content", "train", "weight", "tool_calls", "name", "tool_call_id", "loss", "function_call"}
+OPENAI_ROLES = {"function": "tool", "tool_response": "tool"}  # legacy OpenAI and ms-swift names of the tool role
 
 
 def detect_format(record: dict[str, Any]) -> str:
@@ -30,6 +36,8 @@ def detect_format(record: dict[str, Any]) -> str:
         return "firefly"
     if "chat" in keys and "meta_instruction" in keys:
         return "moss"
+    if "chat" in keys and isinstance(record["chat"], str):
+        return "glaive"
     if "instruction" in keys and "output" in keys:
         return "alpaca"
     if any(a in keys and b in keys for a, b in COLUMN_PAIRS):
@@ -38,7 +46,8 @@ def detect_format(record: dict[str, Any]) -> str:
         return "text"
     raise ValueError(
         f"cannot detect the format from fields {sorted(keys)}: expected messages (openai), conversations (sharegpt), "
-        "conversation (firefly), instruction+output (alpaca), input+target / query+response (columns) or text; "
+        "conversation (firefly), chat text (glaive), instruction+output (alpaca), input+target / query+response "
+        "(columns) or text; "
         "set format: in the dataset entry"
     )
 
@@ -88,7 +97,9 @@ def from_alpaca(record: dict[str, Any], source: str, columns: dict[str, str]) ->
 
 
 def from_sharegpt(record: dict[str, Any], source: str, columns: dict[str, str]) -> Conversation:
-    turns = _require(record, "conversations", source, list)
+    turns = _require(record, "conversations", source, (list, str))
+    if isinstance(turns, str):  # MSAgent-Bench and some exports store the list as text
+        turns = literal_list(turns, source, "conversations")
     msgs: list[Message] = []
     system = _optional_text(record, "system", source)
     if system:
@@ -102,27 +113,23 @@ def from_sharegpt(record: dict[str, Any], source: str, columns: dict[str, str]) 
         role = SHAREGPT_ROLES.get(str(speaker).lower())
         if role is None:
             raise DataError(source, f"{field}.from", f"unknown speaker '{speaker}': expected one of {sorted(SHAREGPT_ROLES)}")
-        if speaker == "function_call":
-            msgs.append(Message("assistant", "", tool_calls=[_tool_call(value, source, f"{field}.value")]))
+        if str(speaker).lower() in CALL_SPEAKERS:
+            _add_calls(msgs, calls_from_text(value, source, f"{field}.value"))
+        elif role == "assistant" and isinstance(value, str) and any(m in value for m in MS_MARKERS):
+            msgs += split_msagent(value, source, f"{field}.value")
         else:
             msgs.append(Message(role, value))
-    tools = record.get("tools")
-    if isinstance(tools, str) and tools.strip():
-        try:
-            tools = json.loads(tools)
-        except json.JSONDecodeError as exc:
-            raise DataError(source, "tools", f"expected a JSON list of tool schemas: {exc.msg}") from None
-    return Conversation(msgs, source, tools=tools or None)
+    return Conversation(msgs, source, tools=normalize_tools(record.get("tools"), source))
 
 
-def _tool_call(value: str, source: str, field: str) -> dict[str, Any]:
-    try:
-        call = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise DataError(source, field, f"a function_call must be JSON {{name, arguments}}: {exc.msg}") from None
-    if not isinstance(call, dict) or "name" not in call:
-        raise DataError(source, field, "a function_call must be a JSON object with 'name' and 'arguments'")
-    return {"type": "function", "function": {"name": call["name"], "arguments": call.get("arguments", {})}}
+def _add_calls(msgs: list[Message], calls: list[dict[str, Any]]) -> None:
+    """A call turn joins the assistant turn it follows (its text, or its earlier calls: parallel calls come as
+    one turn each in ms-swift data); otherwise it is an assistant turn of its own."""
+    last = msgs[-1] if msgs else None
+    if last is not None and last.role == "assistant":
+        last.tool_calls = (last.tool_calls or []) + calls
+    else:
+        msgs.append(Message("assistant", "", tool_calls=calls))
 
 
 def from_openai(record: dict[str, Any], source: str, columns: dict[str, str]) -> Conversation:
@@ -138,19 +145,26 @@ def from_openai(record: dict[str, Any], source: str, columns: dict[str, str]) ->
                 hint = f"; did you mean '{close[0]}'?" if close else f"; expected {sorted(MESSAGE_KEYS)}"
                 raise DataError(source, f"{field}.{key}", f"unknown field{hint}")
         role = _require(m, "role", f"{source}", str)
+        role = OPENAI_ROLES.get(role, role)
         content = m.get("content")
-        if content is None and m.get("tool_calls"):
+        calls = normalize_calls(m.get("tool_calls"), source, f"{field}.tool_calls")
+        if m.get("function_call") is not None:  # the legacy single-call field
+            calls = (calls or []) + calls_from_text(m["function_call"], source, f"{field}.function_call")
+        if role in CALL_SPEAKERS:  # ms-swift: {"role": "tool_call", "content": "{\"name\": ..., \"arguments\": ...}"}
+            _add_calls(msgs, calls_from_text(content, source, f"{field}.content"))
+            continue
+        if content is None and calls:
             content = ""
         if not isinstance(content, str):
             raise DataError(source, f"{field}.content", f"expected a string, got {type(content).__name__}")
-        train = m.get("train", m.get("loss"))
+        train = m["train"] if m.get("train") is not None else m.get("loss")  # null = absent (Arrow, pandas)
         if train is not None and not isinstance(train, bool):
             raise DataError(source, f"{field}.train", f"expected true or false, got {train!r}")
-        weight = m.get("weight", 1.0)
+        weight = m["weight"] if m.get("weight") is not None else 1.0
         if not isinstance(weight, (int, float)) or isinstance(weight, bool):
             raise DataError(source, f"{field}.weight", f"expected a number, got {weight!r}")
-        msgs.append(Message(role, content, train=train, weight=float(weight), tool_calls=m.get("tool_calls")))
-    return Conversation(msgs, source, tools=record.get("tools"))
+        msgs.append(Message(role, content, train=train, weight=float(weight), tool_calls=calls))
+    return Conversation(msgs, source, tools=normalize_tools(record.get("tools"), source))
 
 
 def from_firefly(record: dict[str, Any], source: str, columns: dict[str, str]) -> Conversation:
@@ -225,6 +239,7 @@ CONVERTERS: dict[str, Callable[[dict[str, Any], str, dict[str, str]], Any]] = {
     "openai": from_openai,
     "firefly": from_firefly,
     "moss": from_moss,
+    "glaive": from_glaive,
     "columns": from_columns,
     "text": from_text,
 }

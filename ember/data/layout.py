@@ -9,6 +9,10 @@ exact prefix renders (calibration), then for every later answer whose glue is th
 string comparison alone. Glue we have not seen (round numbers, tool calls, a template that varies by position) is
 computed exactly, so the result always equals the definition; the first conversations a renderer sees are checked
 both ways (audit) and any disagreement switches the renderer to exact spans for good.
+
+A tool call without text is left unmarked: templates write the calls (JSON that differs per call) where the text
+would be, and many add a separator only when there is text, so a sentinel there would change the glue. Such a
+message is part of the glue around it; its own span is always computed exactly, the other answers still placed.
 """
 
 from __future__ import annotations
@@ -28,27 +32,43 @@ class Skeleton:
     """The rendering with contents replaced by sentinels, and how its positions map onto the real text."""
 
     text: str
-    starts: list[int]  # sentinel k starts here in `text` (skeleton coordinates)
-    ends: list[int]  # ... and ends here
+    starts: list[Optional[int]]  # sentinel k starts here in `text` (skeleton coordinates); None: message k unmarked
+    ends: list[Optional[int]]  # ... and ends here
     shifts: list[int]  # real position = skeleton position + shifts[k] for glue after sentinel k-1 (k = 0: before any)
 
     def to_real(self, position: int, glue: int) -> int:
         """A skeleton position inside glue number `glue` (the glue before sentinel `glue`) → the real text position."""
         return position + self.shifts[glue]
 
+    def glue_start(self, index: int) -> int:
+        """Where the glue before message `index` starts: the end of the last marked message before it."""
+        return next((e for e in reversed(self.ends[:index]) if e is not None), 0)
+
+    def next_start(self, index: int) -> int:
+        """Where the first marked message after `index` starts (the end of the text when there is none)."""
+        return next((b for b in self.starts[index + 1:] if b is not None), len(self.text))
+
 
 def sentinel(index: int) -> str:
     return f"{_OPEN}{index}{_CLOSE}"
 
 
-def build_skeleton(skeleton_text: str, contents: list[str], text: str) -> Optional[Skeleton]:
+def build_skeleton(skeleton_text: str, contents: list[str], text: str,
+                   unmarked: Optional[list[bool]] = None) -> Optional[Skeleton]:
     """Locate the sentinels and check that putting the contents back gives `text` exactly (contents kept verbatim,
-    or stripped, by the template). None when the template transforms contents: spans must then be exact."""
+    or stripped, by the template). None when the template transforms contents: spans must then be exact.
+    `unmarked[k]`: message k was rendered as itself (no sentinel), so it is part of the glue."""
     if any(_OPEN in c or _CLOSE in c for c in contents):
         return None
-    starts, ends = [], []
+    unmarked = unmarked or [False] * len(contents)
+    starts: list[Optional[int]] = []
+    ends: list[Optional[int]] = []
     cursor = 0
     for k in range(len(contents)):
+        if unmarked[k]:
+            starts.append(None)
+            ends.append(None)
+            continue
         mark = sentinel(k)
         at = skeleton_text.find(mark, cursor)
         if at < 0:
@@ -59,12 +79,16 @@ def build_skeleton(skeleton_text: str, contents: list[str], text: str) -> Option
     for transform in (lambda s: s, str.strip):
         pieces, shifts, shift, last = [], [0], 0, 0
         for k, content in enumerate(contents):
+            begin, end = starts[k], ends[k]
+            if begin is None or end is None:
+                shifts.append(shift)
+                continue
             content = transform(content)
-            pieces.append(skeleton_text[last:starts[k]])
+            pieces.append(skeleton_text[last:begin])
             pieces.append(content)
-            shift += len(content) - (ends[k] - starts[k])
+            shift += len(content) - (end - begin)
             shifts.append(shift)
-            last = ends[k]
+            last = end
         pieces.append(skeleton_text[last:])
         if "".join(pieces) == text:
             return Skeleton(skeleton_text, starts, ends, shifts)
@@ -84,10 +108,13 @@ class SpanLayout:
 
     def place(self, skeleton: Skeleton, roles: list[str], calls: list[bool], index: int,
               last: bool) -> Optional[tuple[int, int]]:
-        """Real (start, end) of answer `index`, or None when its glue shape is new."""
+        """Real (start, end) of answer `index`, or None when its glue shape is new (or it is unmarked)."""
         s = skeleton
-        glue_start = s.ends[index - 1] if index > 0 else 0
-        glue = s.text[glue_start:s.starts[index]]
+        begin, finish = s.starts[index], s.ends[index]
+        if begin is None or finish is None:
+            return None
+        glue_start = s.glue_start(index)
+        glue = s.text[glue_start:begin]
         head = self.heads.get(_head_key(roles, calls, index))
         if head is None or head[0] != glue:
             return None
@@ -95,10 +122,10 @@ class SpanLayout:
         if last:
             return start, len(s.text) + s.shifts[-1]
         tail = self.tails.get(_tail_key(roles, calls, index))
-        if tail is None or not s.text.startswith(tail, s.ends[index]):
+        if tail is None or not s.text.startswith(tail, finish):
             return None
-        end = s.ends[index] + len(tail)
-        if index + 1 < len(s.starts) and end > s.starts[index + 1]:
+        end = finish + len(tail)
+        if end > s.next_start(index):
             return None
         return start, s.to_real(end, index + 1)
 
@@ -106,17 +133,19 @@ class SpanLayout:
               start: int, end: int) -> None:
         """Remember the shape of answer `index` whose exact real span is (start, end)."""
         s = skeleton
-        glue_start = s.ends[index - 1] if index > 0 else 0
+        begin, finish = s.starts[index], s.ends[index]
+        if begin is None or finish is None:
+            return  # an unmarked answer: its span is always exact
+        glue_start = s.glue_start(index)
         head_offset = start - s.to_real(glue_start, index)
-        if not 0 <= head_offset <= s.starts[index] - glue_start:
+        if not 0 <= head_offset <= begin - glue_start:
             return  # the span starts outside its glue: not a shape we can reuse
-        self.heads[_head_key(roles, calls, index)] = (s.text[glue_start:s.starts[index]], head_offset)
+        self.heads[_head_key(roles, calls, index)] = (s.text[glue_start:begin], head_offset)
         if last:
             return
         tail_end = end - s.shifts[index + 1]
-        limit = s.starts[index + 1] if index + 1 < len(s.starts) else len(s.text)
-        if s.ends[index] <= tail_end <= limit:
-            self.tails[_tail_key(roles, calls, index)] = s.text[s.ends[index]:tail_end]
+        if finish <= tail_end <= s.next_start(index):
+            self.tails[_tail_key(roles, calls, index)] = s.text[finish:tail_end]
 
 
 def _head_key(roles: list[str], calls: list[bool], index: int) -> tuple[Any, ...]:

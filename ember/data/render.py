@@ -9,6 +9,7 @@ conversation (linear time); `exact_spans` renders the prefixes themselves and is
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import re
@@ -18,6 +19,7 @@ from typing import Any, Optional, Sequence
 from ember.data.conversation import Conversation, Message
 from ember.data.layout import SpanLayout, build_skeleton, log as layout_log, sentinel
 from ember.data.tokenize import holds_added_token, tokenize_with_offsets
+from ember.data.tools import calls_text, result_text, tools_text
 from ember.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
@@ -68,6 +70,7 @@ class Renderer:
         self.stop_token_ids = self._stop_ids(self.stop_strings)
         self._tools_native = "tool_calls" in self.source
         self._tool_role_native = "'tool'" in self.source or '"tool"' in self.source
+        self._tool_list_native = re.search(r"\btools\b", self.source) is not None
         self.layout = SpanLayout()
         self.render_calls = 0  # template renders so far (tests pin the per-conversation cost with it)
 
@@ -97,22 +100,42 @@ class Renderer:
         return list(dict.fromkeys(ids))
 
     # -- text -------------------------------------------------------------------------------------------------
-    def template_messages(self, messages: Sequence[Message]) -> list[dict[str, Any]]:
-        """Messages as the template sees them; tool calls/results become text when the template lacks them."""
+    def template_messages(self, messages: Sequence[Message], tools=None) -> list[dict[str, Any]]:
+        """Messages as the template sees them. What the template cannot take becomes text in the one tool format
+        (`ember.data.tools`): calls are `<tool_call>` blocks after the assistant's text, results a user turn in
+        `<tool_response>`, and the tool list joins the system message (one is put first when there is none)."""
         out = []
         for m in messages:
             d = m.to_template()
             if m.tool_calls and not self._tools_native:
-                calls = [c.get("function", c) for c in m.tool_calls]
-                text = "\n".join(json.dumps(c, ensure_ascii=False) for c in calls)
-                d = {"role": "assistant", "content": (m.content + "\n" if m.content else "") + text}
+                text = calls_text(m.tool_calls)
+                d = {"role": "assistant", "content": (d["content"] + "\n" if d["content"] else "") + text}
             if m.role == "tool" and not self._tool_role_native:
-                d = {"role": "user", "content": m.content}
+                d = {"role": "user", "content": result_text(d["content"])}
             out.append(d)
+        if tools and not self._tool_list_native:
+            if out and out[0]["role"] == "system":
+                out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + tools_text(tools)}
+            else:
+                out.insert(0, {"role": "system", "content": tools_text(tools)})
         return out
 
     def render_text(self, messages: Sequence[Message], add_generation_prompt: bool = False, tools=None) -> str:
-        return self._render(self.template_messages(messages), add_generation_prompt, tools)
+        return self._render(self.template_messages(messages, tools), add_generation_prompt, tools)
+
+    @functools.cached_property
+    def tool_call_format(self) -> Optional[str]:
+        """"hermes" when answers carry calls as `<tool_call>` JSON blocks — the form `parse_tool_calls` reads: always
+        for a template without tool support (Ember writes that text), and for one with it when a probe call
+        renders so — else None (the template has its own call format, which Ember cannot read back)."""
+        if not self._tools_native:
+            return "hermes"
+        call = {"type": "function", "function": {"name": "probe_function", "arguments": {"x": 1}}}
+        try:
+            text = self.render_text([Message("user", "?"), Message("assistant", "", tool_calls=[call])])
+        except TemplateError:
+            return None
+        return "hermes" if calls_text([call]) in text else None
 
     def _render(self, template_messages: list[dict[str, Any]], add_generation_prompt: bool = False, tools=None) -> str:
         self.render_calls += 1
@@ -130,7 +153,9 @@ class Renderer:
     # -- tokens -----------------------------------------------------------------------------------------------
     def _content_spans(self, messages: Sequence[Message], text: str, add_generation_prompt: bool, tools) -> list[tuple[int, int]]:
         """Character spans of each message's content inside `text`, found by rendering with sentinels."""
-        marked = [Message(m.role, f"\ue000{i}\ue001", tool_calls=m.tool_calls) for i, m in enumerate(messages)]
+        # a call without text stays empty (a sentinel there would change the template's glue); it has no data
+        marked = [Message(m.role, "" if m.tool_calls and not m.content else f"\ue000{i}\ue001", tool_calls=m.tool_calls)
+                  for i, m in enumerate(messages)]
         skeleton = self.render_text(marked, add_generation_prompt, tools)
         for transform in (lambda s: s, str.strip):
             pieces, spans, pos = [], [], 0
@@ -181,22 +206,27 @@ class Renderer:
         layout = self.layout
         skeleton = None
         if not layout.exact_only and (len(answers) > 1 or answers[0] != len(msgs) - 1):
-            dicts = self.template_messages(msgs)
+            dicts = self.template_messages(msgs, conv.tools)
             contents = [d.get("content") if isinstance(d.get("content"), str) else None for d in dicts]
             if all(c is not None for c in contents):
-                marked = [{**d, "content": sentinel(k)} for k, d in enumerate(dicts)]
-                skeleton = build_skeleton(self._render(marked, False, conv.tools), contents, text)
+                # A call without text keeps its empty content: templates write "\n" + text only when there is text,
+                # so a sentinel there would change the glue. Its own span is then always computed exactly.
+                bare = [bool(d.get("tool_calls")) and not d["content"] for d in dicts]
+                marked = [d if b else {**d, "content": sentinel(k)} for k, (d, b) in enumerate(zip(dicts, bare,
+                                                                                                  strict=True))]
+                skeleton = build_skeleton(self._render(marked, False, conv.tools), contents, text, bare)
         if skeleton is None:  # one final answer (one prefix render is all it takes), or contents the template alters
             return self.exact_spans(conv, text)
-        roles = [m.role for m in msgs]
-        calls = [bool(m.tool_calls) for m in msgs]
+        shift = len(dicts) - len(msgs)  # a system message put first to hold the tool list
+        roles = [d["role"] for d in dicts]
+        calls = [bool(d.get("tool_calls")) for d in dicts]
         auditing = layout.audits_left > 0
         if auditing:
             layout.audits_left -= 1
         spans = []
         for i in answers:
             last = i == len(msgs) - 1
-            placed = layout.place(skeleton, roles, calls, i, last)
+            placed = layout.place(skeleton, roles, calls, i + shift, last)
             if placed is not None and not auditing:
                 spans.append((i, *placed))
                 continue
@@ -206,7 +236,7 @@ class Renderer:
                 layout_log.warning("chat template '%s': answer spans depend on their position (%s); rendering every "
                                    "prefix from now on (exact, slower)", self.name, conv.source)
             elif placed is None:
-                layout.learn(skeleton, roles, calls, i, last, *exact[1:])
+                layout.learn(skeleton, roles, calls, i + shift, last, *exact[1:])
             spans.append(exact)
         return spans
 

@@ -123,8 +123,8 @@ def test_missing_field_hints_at_a_misspelling(write, make_config, prepare):
     path = write("a.jsonl", [{"instruction": "q", "input": "", "outptu": "a"}])
     assert _error(prepare, make_config([{"path": str(path)}])) == (
         f"{path}:1: cannot detect the format from fields ['input', 'instruction', 'outptu']: expected messages (openai), "
-        "conversations (sharegpt), conversation (firefly), instruction+output (alpaca), input+target / query+response "
-        "(columns) or text; set format: in the dataset entry"
+        "conversations (sharegpt), conversation (firefly), chat text (glaive), instruction+output (alpaca), "
+        "input+target / query+response (columns) or text; set format: in the dataset entry"
     )
     assert _error(prepare, make_config([{"path": str(path), "format": "alpaca"}])) == (
         f"{path}:1: field 'output': missing required field (found 'outptu': misspelt?)"

@@ -65,7 +65,7 @@ def test_sharegpt_system_tools_function_call_observation(write, make_config):
     assert tool_conv.messages[2].tool_calls == [
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
     ]
-    assert tool_conv.tools == tools  # the JSON string is parsed
+    assert tool_conv.tools == [{"type": "function", "function": tools[0]}]  # the JSON string parsed, OpenAI-shaped
     assert turns(plain) == [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")]
     assert plain.tools is None
 
@@ -98,7 +98,8 @@ def test_openai_tool_role(write, make_config):
     ], "tools": [{"type": "function", "function": {"name": "add"}}]}
     (conv,) = read(make_config([{"path": str(write("t.jsonl", [record]))}]))
     assert turns(conv) == [("user", "1+2?"), ("assistant", ""), ("tool", "3"), ("assistant", "3")]
-    assert conv.messages[1].tool_calls == [call]
+    # arguments become an object, so a template's `arguments | tojson` writes them once
+    assert conv.messages[1].tool_calls == [{**call, "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]
     assert conv.tools == [{"type": "function", "function": {"name": "add"}}]
 
 

@@ -7,6 +7,7 @@ trained span must decode to exactly that message's content plus `<|im_end|>`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from ember.data.preview import spans
 
 from ember.data.conversation import Conversation
 from ember.data.files import iter_records
+from ember.data.tools import calls_text, tools_text
 from ember.data.formats import convert, detect_format
 from ember.data.tokenize import holds_added_token
 from ember.errors import DataError
@@ -66,7 +68,7 @@ def test_parity_with_apply_chat_template(shared_data, smol_tokenizer, renderer):
         special += file_special
         bad += [b.rsplit("/", 1)[1] for b in file_bad]
         for conv, enc in zip(convs, renderer.encode_batch(convs), strict=True):
-            messages = renderer.template_messages(conv.messages)
+            messages = renderer.template_messages(conv.messages, conv.tools)
             expected = smol_tokenizer.apply_chat_template(messages, tools=conv.tools, tokenize=True)["input_ids"]
             assert enc.input_ids == expected, conv.source
             answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
@@ -81,11 +83,46 @@ def test_parity_with_apply_chat_template(shared_data, smol_tokenizer, renderer):
 
 @pytest.mark.smollm2
 def test_tool_calls_render_as_text_for_a_template_without_tools(shared_data, renderer):
-    """SmolLM2's template knows no tool calls: calls become JSON text of the assistant, results a user turn."""
+    """SmolLM2's template knows no tools: the tool list joins a system message put first, calls become
+    `<tool_call>` text of the assistant, results a user turn in `<tool_response>` (ember.data.tools' one format)."""
     (conv,), _, _ = _multi_turn(shared_data / "sft/llamafactory/glaive_toolcall_en_demo.json", 1, renderer.tokenizer)
-    messages = renderer.template_messages(conv.messages)
+    assert conv.messages[0].role == "user" and conv.tools
+    messages = renderer.template_messages(conv.messages, conv.tools)
+    assert messages[0] == {"role": "system", "content": tools_text(conv.tools)}
     call = next(i for i, m in enumerate(conv.messages) if m.tool_calls)
     function = conv.messages[call].tool_calls[0]["function"]
-    assert messages[call]["role"] == "assistant"
-    assert messages[call]["content"].startswith('{"name": "' + function["name"] + '", "arguments": {')
-    assert conv.messages[call + 1].role == "tool" and messages[call + 1]["role"] == "user"
+    assert messages[call + 1]["role"] == "assistant"
+    assert messages[call + 1]["content"] == (
+        f'<tool_call>\n{{"name": "{function["name"]}", "arguments": '
+        f'{json.dumps(function["arguments"], ensure_ascii=False)}}}\n</tool_call>')
+    assert conv.messages[call + 1].role == "tool"
+    assert messages[call + 2] == {"role": "user", "content": f"<tool_response>\n{conv.messages[call + 1].content}\n"
+                                                             "</tool_response>"}
+
+
+@pytest.mark.smollm2
+def test_parity_with_a_template_that_takes_tools(shared_data, smollm2_dir):
+    """The shipped `hermes` template takes `tools=` and `tool_calls` itself: on the first 60 multi-turn glaive demo
+    conversations of each language the training ids equal `apply_chat_template(messages, tools=...)`, and the trained
+    runs are exactly the answers and the calls (each with its `<|im_end|>`), so no tool result is trained."""
+    from transformers import AutoTokenizer
+
+    from ember.data.render import Renderer
+    from ember.data.templates import load_template
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer.chat_template = load_template("hermes").source
+    renderer = Renderer(tokenizer)  # the tokenizer's own template, as for a Qwen2.5 model
+    convs = []
+    for name in ("en", "zh"):
+        convs += _multi_turn(shared_data / f"sft/llamafactory/glaive_toolcall_{name}_demo.json", 60, tokenizer)[0]
+    with_calls = [c for c in convs if any(m.tool_calls for m in c.messages)]
+    assert (len(convs), len(with_calls)) == (120, 77)
+    for conv, enc in zip(convs, renderer.encode_batch(convs), strict=True):
+        messages = renderer.template_messages(conv.messages, conv.tools)
+        assert messages == [m.to_template() for m in conv.messages]  # nothing converted: the template takes it all
+        expected = tokenizer.apply_chat_template(messages, tools=conv.tools, tokenize=True)["input_ids"]
+        assert enc.input_ids == expected, conv.source
+        answers = [m.content + ("\n" if m.content and m.tool_calls else "") + calls_text(m.tool_calls or [])
+                   + "<|im_end|>" for m in conv.messages if m.role == "assistant"]
+        assert [tokenizer.decode(run) for run in _trained_runs(enc)] == answers, conv.source

@@ -12,8 +12,8 @@ from ember.data.templates import TEMPLATE_DIR, ChatTemplate, load_template, temp
 from ember.errors import ConfigError
 
 SHIPPED = [
-    "alpaca", "baichuan", "baichuan2", "belle", "chatglm2", "chatglm3", "chatml", "default", "firefly", "internlm",
-    "internlm2", "llama2", "llama3", "mistral", "qwen", "vicuna", "xverse", "yi", "ziya",
+    "alpaca", "baichuan", "baichuan2", "belle", "chatglm2", "chatglm3", "chatml", "default", "firefly", "hermes",
+    "internlm", "internlm2", "llama2", "llama3", "mistral", "qwen", "vicuna", "xverse", "yi", "ziya",
 ]  # fmt: skip
 
 SYS = "You are Ember, a concise assistant."
@@ -44,6 +44,7 @@ TOKENS = {
     "chatml": {},
     "default": {"eos_token": "<|endoftext|>"},
     "firefly": LLAMA,
+    "hermes": {},
     "internlm": LLAMA,
     "internlm2": LLAMA,
     "llama2": LLAMA,
@@ -112,6 +113,7 @@ GOLDEN = {
         f"User: {U3}\nAssistant: {A3}<|endoftext|>"
     ),
     "firefly": f"<s>{SYS}\n\n{U1}</s>{A1}</s><s>{U2}</s>{A2}</s><s>{U3}</s>{A3}</s>",
+    "hermes": CHATML_BODY,  # without tools; tests/data/test_tools.py has the goldens with tools, calls and results
     "internlm": (
         f"<s><|System|>:{SYS}\n"
         f"<|User|>:{U1}\n<|Bot|>:{A1}<eoa>\n"
@@ -167,6 +169,7 @@ GENERATION = {
     "chatml": f"<|im_start|>user\n{U1}<|im_end|>\n<|im_start|>assistant\n",
     "default": f"User: {U1}\nAssistant:",
     "firefly": f"<s>{U1}</s>",
+    "hermes": f"<|im_start|>user\n{U1}<|im_end|>\n<|im_start|>assistant\n",
     "internlm": f"<s><|User|>:{U1}\n<|Bot|>:",
     "internlm2": f"<s><|im_start|>user\n{U1}<|im_end|>\n<|im_start|>assistant\n",
     "llama2": f"<s>[INST] {U1} [/INST]",
@@ -187,6 +190,7 @@ GENERATION = {
 
 # Role-generic formats (every message is <header>{role}...): they render any role in any position.
 ROLE_GENERIC = {"chatml", "qwen", "yi", "internlm2", "llama3"}
+TOOL_ROLE = {"hermes"}  # renders tool results (tests/data/test_tools.py checks what it refuses)
 
 
 def render(tokenizer, name: str, messages, add_generation_prompt: bool = False) -> str:
@@ -270,7 +274,7 @@ def test_tokenizer_override_matches_kwargs(smollm2_dir):
     assert load_template("llama2").stop_strings(tok) == ["</s>"]
 
 
-@pytest.mark.parametrize("name", sorted(set(SHIPPED) - ROLE_GENERIC))
+@pytest.mark.parametrize("name", sorted(set(SHIPPED) - ROLE_GENERIC - TOOL_ROLE))
 def test_misplaced_system_and_unknown_roles_raise(smol_tokenizer, name):
     with pytest.raises(jinja2.exceptions.TemplateError, match="system message may only come first"):
         render(smol_tokenizer, name, [CONVERSATION[1], CONVERSATION[2], CONVERSATION[0]])
