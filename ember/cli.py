@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_config(p)
     p.add_argument("--n", type=int, default=3, help="how many samples to show")
     p.set_defaults(func=cmd_data_preview)
-    p = data.add_parser("export", help="write input_ids/labels per sample as JSON lines")
+    p = data.add_parser("export", help="write input_ids/labels per sample as JSON lines (preference stages: "
+                                       "chosen_/rejected_input_ids and labels; kto: input_ids, labels, label)")
     _add_run_config(p)
     p.add_argument("--out", required=True, help="output .jsonl file")
     p.add_argument("--report", default=None, help="where the data report goes (default: OUT.report.json)")

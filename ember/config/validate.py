@@ -24,6 +24,7 @@ def validate(cfg: EmberConfig) -> EmberConfig:
             raise ConfigError(f"data.datasets[{i}] ({spec.path}): ratio must be > 0")
         if cfg.stage == "sft" and spec.format == "text":
             raise ConfigError(f"data.datasets[{i}] ({spec.path}): format 'text' is raw text; use stage: pt")
+        _check_stage_format(cfg.stage, i, spec)
     if data.num_proc is not None and data.num_proc < 1:
         raise ConfigError("data.num_proc must be >= 1 (or unset: the machine's cores)")
     if data.max_record_bytes < 1024:
@@ -59,6 +60,9 @@ def validate(cfg: EmberConfig) -> EmberConfig:
         raise ConfigError(f"method.dora / method.rslora / method.lora_layers apply to LoRA, not method.type={method.type}")
     if method.type == "freeze" and method.trainable_layers < 0:
         raise ConfigError("method.trainable_layers must be >= 0")
+
+    if cfg.stage in PREFERENCE_STAGES:
+        _check_preference(cfg)
 
     if train.bf16 and train.fp16:
         raise ConfigError("train.bf16 and train.fp16 are both true: choose one")
@@ -111,6 +115,47 @@ def _check_numbers(train) -> None:
     if train.on_nonfinite == "skip_step" and train.deepspeed:
         raise ConfigError("train.on_nonfinite=skip_step cannot drop a step under DeepSpeed (its engine steps the "
                           "optimizer itself): use train.on_nonfinite=stop")
+
+
+PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "kto")
+_PAIR_FORMATS = ("auto", "sharegpt", "alpaca", "pairs")  # conversations/instruction/prompt + chosen + rejected
+
+
+def _check_stage_format(stage: str, i: int, spec) -> None:
+    where = f"data.datasets[{i}] ({spec.path}): format '{spec.format}'"
+    if stage in ("sft", "pt") and spec.format in ("pairs", "kto"):
+        raise ConfigError(f"{where} is preference data: use stage: dpo, orpo or simpo (pairs) or kto (kto)")
+    if stage == "kto" and spec.format not in ("auto", "kto"):
+        raise ConfigError(f"{where}: stage kto reads {{messages, label}} records; set format: kto (or auto)")
+    if stage in PREFERENCE_STAGES and stage != "kto" and spec.format not in _PAIR_FORMATS:
+        raise ConfigError(f"{where}: stage {stage} reads a prompt with a chosen and a rejected answer; set format "
+                          f"to one of {', '.join(_PAIR_FORMATS)}")
+
+
+def _check_preference(cfg: EmberConfig) -> None:
+    pref, stage = cfg.preference, cfg.stage
+    if not (math.isfinite(pref.beta) and pref.beta > 0):
+        raise ConfigError(f"preference.beta={pref.beta} must be a number > 0 (dpo usually 0.1; simpo 2.0)")
+    if not 0.0 <= pref.label_smoothing < 0.5:
+        raise ConfigError(f"preference.label_smoothing={pref.label_smoothing} must be in [0, 0.5)")
+    if pref.label_smoothing and not (stage == "simpo" or (stage == "dpo" and pref.loss_type == "sigmoid")):
+        raise ConfigError(f"preference.label_smoothing applies to dpo (loss_type sigmoid) and simpo, not to stage "
+                          f"{stage}" + (f" with loss_type {pref.loss_type}" if stage == "dpo" else "")
+                          + ": set it to 0")
+    if pref.loss_type != "sigmoid" and stage != "dpo":
+        raise ConfigError(f"preference.loss_type={pref.loss_type} applies to stage dpo only")
+    if not (math.isfinite(pref.simpo_gamma) and pref.simpo_gamma >= 0):
+        raise ConfigError(f"preference.simpo_gamma={pref.simpo_gamma} must be a number >= 0")
+    for key in ("kto_desirable_weight", "kto_undesirable_weight"):
+        value = getattr(pref, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"preference.{key}={value} must be a number > 0")
+    if pref.precompute_ref and stage in ("orpo", "simpo"):
+        raise ConfigError(f"preference.precompute_ref: stage {stage} uses no reference model; set it to false")
+    if cfg.data.truncation in ("left", "right"):
+        raise ConfigError(
+            f"data.truncation={cfg.data.truncation} would cut answers or their end-of-turn tokens; preference stages "
+            "cut the prompt first (data.truncation: split or turns, the same rule) or drop long pairs (drop)")
 
 
 # train.report_to names (transformers' integrations) → the module each needs

@@ -25,7 +25,6 @@ from ember.data.pipeline import ProcessedData, process
 from ember.data.recipes import Recipe
 from ember.data.render import Renderer, tokenizer_identity
 from ember.data.report import DataReport
-from ember.data.store import Samples
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "2"  # bump when the processing code changes what it produces
@@ -78,7 +77,7 @@ def load_or_process(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optio
     entry = root / key
     with file_lock(root / f"{key}.lock"):
         if (entry / _FILES).is_file():
-            return _load(entry), True
+            return _load(entry, recipe), True
         work = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
         try:
             result = process(data, recipe, tokenizer, renderer, work, progress)
@@ -93,12 +92,13 @@ def load_or_process(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optio
             shutil.rmtree(work, ignore_errors=True)
             raise
         log.info("cached processed data in %s", entry)
-    return _load(entry), False
+    return _load(entry, recipe), False
 
 
-def _load(entry: Path) -> ProcessedData:
+def _load(entry: Path, recipe: Recipe) -> ProcessedData:
     files = json.loads((entry / _FILES).read_text(encoding="utf-8"))
     raw = json.loads((entry / _REPORT).read_text(encoding="utf-8"))
     known = DataReport.__dataclass_fields__
     report = DataReport(**{k: v for k, v in raw.items() if k in known})
-    return ProcessedData(Samples([entry / n for n in files["train"]]), Samples([entry / n for n in files["eval"]]), report)
+    return ProcessedData(recipe.samples([entry / n for n in files["train"]]),
+                         recipe.samples([entry / n for n in files["eval"]]), report)

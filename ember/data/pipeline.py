@@ -23,7 +23,7 @@ from ember.data.files import data_files, iter_file, iter_records, looks_like_hub
 from ember.data.recipes import EncodeContext, Recipe
 from ember.data.render import Renderer
 from ember.data.report import DataReport, NothingToTrain, tokenizer_warnings
-from ember.data.store import ArrowWriter, Samples, read_table
+from ember.data.store import ArrowWriter, Rows, read_table
 from ember.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ MIN_ROWS_PER_PROCESS = 512  # below this many records per process, starting proc
 
 @dataclass
 class ProcessedData:
-    train: Samples
-    eval: Samples
+    train: Rows  # the recipe's samples: `Samples` (pt, sft), pairs or KTO samples (preference stages)
+    eval: Rows
     report: DataReport
 
 
@@ -174,7 +174,7 @@ def _encode(rows: list[int], split: str, recipe: Recipe, ctx: EncodeContext, rec
     tasks = [(rows[i: i + size], work / f"{split}-{i // size:05d}.arrow") for i in range(0, len(rows), size)]
     processes = min(processes, len(tasks))
     shards: list[Optional[Path]] = [None] * len(tasks)
-    bar = _progress(len(rows), f"encoding {split}", "conv" if recipe.name == "chat" else "doc", progress and bool(rows))
+    bar = _progress(len(rows), f"encoding {split}", recipe.unit, progress and bool(rows))
     if processes <= 1:
         _init(recipe, ctx, record_paths)
         for k, task in enumerate(tasks):
@@ -224,7 +224,7 @@ def process(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optional[Rend
         path.unlink()
     report.merge(train_report)
     report.merge(eval_report)
-    train, held = Samples(train_files), Samples(eval_files)
+    train, held = recipe.samples(train_files), recipe.samples(eval_files)
     report.train_samples, report.eval_samples = len(train), len(held)
     report.kept = len(train) + len(held)
     report.set_lengths(train.lengths() + held.lengths())

@@ -21,8 +21,8 @@ from ember.data.formats import convert, detect_format
 from ember.data.pretrain import BlockCutter
 from ember.data.render import IGNORE_INDEX, Encoded, Renderer
 from ember.data.report import DataReport
-from ember.data.store import (CONVERSATION_SCHEMA, SAMPLE_SCHEMA, TEXT_SCHEMA, TOKENS_SCHEMA, ArrowWriter,
-                              conversation_row, read_table, row_conversation, sample_row)
+from ember.data.store import (CONVERSATION_SCHEMA, SAMPLE_SCHEMA, TEXT_SCHEMA, TOKENS_SCHEMA, ArrowWriter, Rows,
+                              Samples, conversation_row, read_table, row_conversation, sample_row)
 from ember.data.tokenize import encode_plain_batch
 from ember.data.truncation import fit_samples
 from ember.errors import DataError
@@ -43,8 +43,13 @@ class Recipe:
     """The interface a stage's data recipe implements."""
 
     name = "recipe"
+    unit = "record"  # what the encoding progress bar counts
     record_schema: pa.Schema
-    shard_schema: pa.Schema = SAMPLE_SCHEMA  # what `encode` writes; `finish` turns shards into SAMPLE_SCHEMA files
+    shard_schema: pa.Schema = SAMPLE_SCHEMA  # what `encode` writes; `finish` turns shards into sample files
+
+    def samples(self, paths: Sequence[Path], keep: Optional[object] = None) -> Rows:
+        """The finished sample files, read memory-mapped (`keep`: what must live as long as they do)."""
+        return Samples(paths, keep)
 
     def detect(self, record: dict[str, Any], source: str) -> str:
         raise NotImplementedError
@@ -79,6 +84,7 @@ def _detect(record: dict[str, Any], source: str) -> str:
 
 class ChatRecipe(Recipe):
     name = "chat"
+    unit = "conv"
     record_schema = CONVERSATION_SCHEMA
 
     def detect(self, record: dict[str, Any], source: str) -> str:
@@ -132,6 +138,7 @@ class TextRecipe(Recipe):
     """Continued pretraining: documents joined with EOS into one stream, cut into max_length blocks in file order."""
 
     name = "text"
+    unit = "doc"
     record_schema = TEXT_SCHEMA
     shard_schema = TOKENS_SCHEMA
 

@@ -76,7 +76,6 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     from ember.data.report import skip_summary
     from ember.training.prepare import new_token_warning, prepare_data
-    from ember.data.collate import EncodedDataset
     from ember.models.adapters import apply_method, describe_parameters, parameter_counts, quantization_config
     from ember.models.loading import check_reachable, detect_family, load_model
     from ember.core.hardware import resolve_dtype
@@ -85,7 +84,6 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from ember.training.callbacks import LossPlotCallback
     from ember.training.guard import DivergenceGuard
     from ember.training.stages import STAGES
-    from ember.training.trainer import EmberTrainer
 
     validate(cfg)
     check_reachable(cfg.model)  # an offline hub id fails here, not deep inside the tokenizer or weight loading
@@ -140,16 +138,16 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     stage = STAGES[cfg.stage]
     metadata = {"config_yaml": config_yaml, "template": _template_record(prepared.renderer, cfg)}
     guard = DivergenceGuard(cfg.train.on_nonfinite, cfg.train.loss_spike_factor, check_grads=not args.fp16)
-    trainer = EmberTrainer(
+    trainer = stage.trainer(  # the stage's Trainer (EmberTrainer, or the preference trainer with its reference)
+        cfg,
         model=model,
         args=args,
-        train_dataset=EncodedDataset(prepared.data.train),
-        eval_dataset=EncodedDataset(prepared.data.eval) if prepared.data.eval else None,
+        train_dataset=stage.dataset(prepared.data.train),
+        eval_dataset=stage.dataset(prepared.data.eval) if prepared.data.eval else None,
         data_collator=stage.collator(tokenizer, cfg.data.packing),
         processing_class=tokenizer,
         callbacks=[*([LossPlotCallback()] if cfg.output.plot_loss else []), *callbacks],
         optimizers=(_optimizer(model, args, cfg), None),
-        loss_fn=stage.loss,
         metadata=metadata,
         guard=guard,
     )

@@ -1,5 +1,6 @@
 """A training stage: the one place that says how records become samples (its data recipe), how samples batch
-(its collator) and what the loss is. The data pipeline and the trainer ask the stage; adding one is one file."""
+(its dataset view and collator), what the loss is and which trainer runs it. The data pipeline and `train` ask the
+stage; adding one is one file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ember.config.schema import EmberConfig
 from ember.data.recipes import Recipe
 
 
@@ -20,9 +22,21 @@ class Stage:
     description: str
     needs_template: bool = True  # conversations are rendered with a chat template
 
+    def dataset(self, samples) -> torch.utils.data.Dataset:
+        """The processed samples (`recipe.samples`) as the rows the collator takes."""
+        from ember.data.collate import EncodedDataset
+
+        return EncodedDataset(samples)
+
     def collator(self, tokenizer, packing: bool) -> Any:
         from ember.data.collate import PackedCollator, PadCollator
 
         if packing:
             return PackedCollator()
         return PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1)
+
+    def trainer(self, cfg: EmberConfig, **kwargs) -> Any:
+        """The `transformers.Trainer` of this stage; `kwargs` are the Trainer's and `EmberTrainer`'s arguments."""
+        from ember.training.trainer import EmberTrainer
+
+        return EmberTrainer(loss_fn=self.loss, **kwargs)
