@@ -105,7 +105,13 @@ class DivergenceGuard(TrainerCallback):
         loss = self._loss if self._loss is not None else torch.tensor(float("nan"))
         self._loss = None
         grads = [p.grad for p in model.parameters() if p.grad is not None] if self.check_grads else []
-        squared = torch.nn.utils.get_total_norm(grads).float().to(loss.device) ** 2 if grads else loss.new_zeros(())
+        if grads:
+            total = torch.nn.utils.get_total_norm(grads)
+            # FSDP2 shards gradients as DTensors: the norm is one too, and its global value needs a collective.
+            total = total.full_tensor() if hasattr(total, "full_tensor") else total
+            squared = total.float().to(loss.device) ** 2
+        else:
+            squared = loss.new_zeros(())
         values = torch.stack([loss.to(squared.device), squared, loss.new_tensor(float(bool(grads))).to(squared.device)])
         world = 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():

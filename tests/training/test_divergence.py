@@ -194,3 +194,24 @@ def test_the_guard_judges_jumps_against_the_median_of_recent_steps():
     off = DivergenceGuard(spike_factor=None)
     off.recent.extend([0.05, 0.05])
     assert off.judge(50.0, 0.0) == (None, False) and off.judge(math.inf, None) == ("the loss is inf", True)
+
+
+def test_the_guard_measures_fsdp2_sharded_gradients(tmp_path):
+    """FSDP2 keeps gradients as DTensors (seen on a GPU: `.tolist()` of their norm failed); the guard takes the
+    global norm of the shards. One gloo process with a one-device mesh, on the CPU."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        layer = torch.nn.Linear(4, 3)
+        grad = torch.tensor([[3.0, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 0, 0]])
+        layer.weight.grad = distribute_tensor(grad, mesh, [Shard(0)])
+        guard = DivergenceGuard()
+        guard.add_loss(torch.tensor(2.5))
+        loss, norm = guard._measure(layer)
+        assert (loss, norm) == (2.5, 5.0)
+    finally:
+        dist.destroy_process_group()
