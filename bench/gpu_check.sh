@@ -24,6 +24,7 @@
 #   bash bench/gpu_check.sh OUTDIR [RETURN_DIR]      # RETURN_DIR gets summary.md, summary.json and bundle.tgz
 #   device tool: run(command="bash bench/gpu_check.sh /tmp/gpu_check $OUT", carry=[".whl"], timeout_s=600)
 # Tiny mode, to check the script's flow on a CPU in a few minutes: GPU_CHECK_TINY=1 bash bench/gpu_check.sh OUTDIR
+# Some steps only (a re-check after a fix): GPU_CHECK_STEPS=smol_fsdp2,smol_zero3_accel bash bench/gpu_check.sh OUTDIR
 set -uo pipefail
 cd "${GPU_CHECK_ROOT:-$(dirname "$0")/..}"
 OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR [RETURN_DIR]}
@@ -107,8 +108,12 @@ if [ "$TINY" = 1 ]; then  # a CPU: the same flow on 2-layer models, a few steps
 fi
 
 START=$SECONDS
+ONLY=${GPU_CHECK_STEPS:-}  # e.g. GPU_CHECK_STEPS=smol_fsdp2,smol_zero3_accel runs just those (a re-check)
 step() {  # NAME SECONDS_NEEDED TIMEOUT COMMAND...: run unless the budget is spent; never stops the script
   local name=$1 need=$2 limit=$3; shift 3
+  if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then
+    echo "not selected (GPU_CHECK_STEPS=$ONLY)" > "$OUT/$name.rc"; return
+  fi
   local left=$((BUDGET - (SECONDS - START)))
   if [ "$left" -lt "$need" ]; then
     echo "skipped: ${left}s of the budget left, needs ~${need}s" > "$OUT/$name.rc"
