@@ -112,7 +112,7 @@ ONLY=${GPU_CHECK_STEPS:-}  # e.g. GPU_CHECK_STEPS=smol_fsdp2,smol_zero3_accel ru
 step() {  # NAME SECONDS_NEEDED TIMEOUT COMMAND...: run unless the budget is spent; never stops the script
   local name=$1 need=$2 limit=$3; shift 3
   if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then
-    echo "not selected (GPU_CHECK_STEPS=$ONLY)" > "$OUT/$name.rc"; return
+    echo "skipped: not selected (GPU_CHECK_STEPS=$ONLY)" > "$OUT/$name.rc"; return
   fi
   local left=$((BUDGET - (SECONDS - START)))
   if [ "$left" -lt "$need" ]; then
