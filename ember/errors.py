@@ -32,6 +32,9 @@ class DataError(EmberError):
         where = f"{source}: field '{field}'" if field else source
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # rebuilt from its parts when a worker process raises it (strict on_error)
+        return type(self), (self.source, self.field, self.problem)
+
     @property
     def reason(self) -> str:
         """A short, groupable reason for skip reports (the problem without record specifics)."""

@@ -10,7 +10,8 @@ import codecs
 import csv
 import itertools
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -22,6 +23,10 @@ _CHUNK = 1 << 20
 
 # Each yielded item is (source, record) where record is a dict, or a DataError for a record that could not be read.
 RecordItem = tuple[str, "dict[str, Any] | DataError"]
+# Told how many more bytes of the file have been read (a progress bar's `update`).
+Progress = Optional[Callable[[int], Any]]
+# A \uD800-\uDFFF escape: JSON may spell half a UTF-16 pair, which is no Unicode text (nothing can encode it).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def data_files(path: str) -> list[Path]:
@@ -38,30 +43,34 @@ def data_files(path: str) -> list[Path]:
 
 
 def iter_records(path: str, hub_split: str = "train", subset: str | None = None, streaming: bool = False,
-                 max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[RecordItem]:
+                 max_record_bytes: int = MAX_RECORD_BYTES, progress: Progress = None) -> Iterator[RecordItem]:
     if not Path(path).exists() and looks_like_hub_id(path):
         yield from _iter_hub(path, hub_split, subset, streaming)
         return
     for f in data_files(path):
-        yield from iter_file(f, max_record_bytes)
+        yield from iter_file(f, max_record_bytes, progress)
 
 
-def iter_file(p: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[RecordItem]:
+def iter_file(p: Path, max_record_bytes: int = MAX_RECORD_BYTES, progress: Progress = None) -> Iterator[RecordItem]:
+    """The records of one file, in order. An unreadable record is yielded as its DataError (the caller skips it or
+    stops); a file that cannot be read on past a point raises the DataError naming that point. `progress` is told
+    the bytes read as reading goes."""
     suffix = p.suffix.lower()
+    tell = progress or (lambda n: None)
     if suffix == ".parquet":
-        yield from _iter_parquet(p)
+        yield from _iter_parquet(p, tell)
         return
     if suffix not in SUFFIXES:
         raise DataError(str(p), None, f"unsupported file type '{suffix}': expected one of {', '.join(SUFFIXES)}")
     with open(p, "rb") as f:
         if suffix == ".jsonl" or (suffix == ".json" and not _starts_with_bracket(f)):
-            yield from _iter_jsonl(p, f, max_record_bytes)  # many ".json" files are really JSON Lines (BELLE)
+            yield from _iter_jsonl(p, f, max_record_bytes, tell)  # many ".json" files are really JSON Lines (BELLE)
         elif suffix == ".json":
-            yield from _iter_json_array(p, f, max_record_bytes)
+            yield from _iter_json_array(p, f, max_record_bytes, tell)
         elif suffix == ".csv":
-            yield from _iter_csv(p, f)
+            yield from _iter_csv(p, f, max_record_bytes, tell)
         else:
-            yield from _iter_txt(p, f)
+            yield from _iter_txt(p, f, max_record_bytes, tell)
 
 
 def _starts_with_bracket(f: IO[bytes]) -> bool:
@@ -79,11 +88,17 @@ def _decode_error(p: Path, data: bytes, exc: UnicodeDecodeError, first_line: int
                      f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {col}): re-save the file as UTF-8")
 
 
-def _text_blocks(p: Path, f: IO[bytes]) -> Iterator[tuple[int, str]]:
+def _too_big(source: str, size: int, limit: int) -> DataError:
+    return DataError(source, None, f"record of {size:,} bytes is over data.max_record_bytes={limit:,}: raise the "
+                                   "limit or split the record")
+
+
+def _text_blocks(p: Path, f: IO[bytes], tell: Callable[[int], Any]) -> Iterator[tuple[int, str]]:
     """(number of the first line, text) for blocks of whole lines; bad UTF-8 raises a DataError with line and column."""
     line, rest, first = 1, b"", True
     while True:
         chunk = f.read(_CHUNK)
+        tell(len(chunk))
         data = rest + chunk
         if first:
             data, first = data.removeprefix(codecs.BOM_UTF8), False
@@ -103,30 +118,39 @@ def _text_blocks(p: Path, f: IO[bytes]) -> Iterator[tuple[int, str]]:
             return
 
 
-def _iter_jsonl(p: Path, f: IO[bytes], limit: int) -> Iterator[RecordItem]:
+def _raw_lines(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[tuple[str, "str | DataError"]]:
+    """(file:line, text) of each line that is not blank, decoded; a line over `limit` or not UTF-8 comes as its
+    DataError. Memory holds one line of at most `limit` bytes."""
     for lineno in itertools.count(1):
         raw = f.readline(limit + 1)
         if not raw:
             return
+        tell(len(raw))
         source = f"{p}:{lineno}"
         if len(raw) > limit and not raw.endswith(b"\n"):
             size = len(raw)
             while (more := f.readline(_CHUNK)) and not more.endswith(b"\n"):
                 size += len(more)  # skip the rest of the oversized line without holding it
+                tell(len(more))
             size += len(more)
-            yield source, DataError(source, None, f"record of {size:,} bytes is over data.max_record_bytes={limit:,}: "
-                                                  "raise the limit or split the record")
+            tell(len(more))
+            yield source, _too_big(source, size, limit)
             continue
-        raw = raw.removesuffix(b"\n")
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
         if lineno == 1:
             raw = raw.removeprefix(codecs.BOM_UTF8)
         if not raw.strip():
             continue
         try:
-            text = raw.decode("utf-8")
+            yield source, raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            err = _decode_error(p, raw, exc, lineno)
-            yield source, DataError(source, None, err.problem)
+            yield source, DataError(source, None, _decode_error(p, raw, exc, lineno).problem)
+
+
+def _iter_jsonl(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[RecordItem]:
+    for source, text in _raw_lines(p, f, limit, tell):
+        if isinstance(text, DataError):
+            yield source, text
             continue
         try:
             record = json.loads(text)
@@ -136,16 +160,68 @@ def _iter_jsonl(p: Path, f: IO[bytes], limit: int) -> Iterator[RecordItem]:
         except RecursionError:
             yield source, DataError(source, None, "invalid JSON: nested too deeply")
             continue
+        except ValueError as exc:  # valid JSON that Python refuses, e.g. an integer of more than 4300 digits
+            yield source, DataError(source, None, f"invalid JSON: {_refusal(exc)}")
+            continue
         if not isinstance(record, dict):
             yield source, DataError(source, None, f"expected a JSON object per line, got {type(record).__name__}")
             continue
-        yield source, record
+        bad = _SURROGATE_ESCAPE.search(text) and _lone_surrogate(record)
+        yield source, (DataError(source, *bad) if bad else record)
 
 
-def _iter_json_array(p: Path, f: IO[bytes], limit: int) -> Iterator[RecordItem]:
+def _lone_surrogate(record: dict[str, Any]) -> Optional[tuple[str, str]]:
+    """(field, problem) for the first string holding half a UTF-16 surrogate pair (JSON's "\\ud800"), which no
+    tokenizer or file can take; None when every string is Unicode text. Iterative: records may nest deeply."""
+    stack: list[tuple[str, Any]] = [("", record)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return path or "(key)", (f"not valid Unicode: a lone surrogate \\u{ord(value[exc.start]):04x} at "
+                                         f"character {exc.start + 1} (half of a UTF-16 pair); fix the text or the "
+                                         "program that wrote it")
+        elif isinstance(value, dict):
+            items = list(value.items())
+            stack += [(f"{path}.{k}" if path else str(k), v) for k, v in reversed(items)]
+            stack += [(path, k) for k, _ in reversed(items)]  # keys first: a bad key has no field name to give
+        elif isinstance(value, list):
+            stack += [(f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value)))]
+    return None
+
+
+def _refusal(exc: ValueError) -> str:
+    """Why Python refused valid JSON, less its advice to programmers (`sys.set_int_max_str_digits`)."""
+    return str(exc).split(";")[0]
+
+
+# A JSON string (complete) or a lone quote (a string the buffer cuts off), or a bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|["\[\]{}]')
+
+
+def _value_end(text: str, at: int, depth: int) -> tuple[Optional[int], int, int]:
+    """Scan a JSON object or array from `at` (with `depth` brackets open) without parsing it: (end, None-or-end,
+    depth) — end is the offset after its closing bracket, or None with the offset and depth to resume from once the
+    buffer holds more. Used to step over a record Python cannot parse (nested too deeply) and read on."""
+    for m in _JSON_TOKEN.finditer(text, at):
+        token = m.group()
+        if token == '"':
+            return None, m.start(), depth  # a string runs past the buffer: resume at its start
+        if token in ("[", "{"):
+            depth += 1
+        elif token in ("]", "}"):
+            depth -= 1
+            if depth == 0:
+                return m.end(), m.end(), 0
+    return None, len(text), depth
+
+
+def _iter_json_array(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[RecordItem]:
     """Objects of a top-level JSON array, decoded one at a time from a buffer that starts at a line start (so
     decoder line/column numbers stay right) and never holds more than one record plus a read chunk."""
-    blocks = _text_blocks(p, f)
+    blocks = _text_blocks(p, f, tell)
     buffer, line0, pos, done = "", 1, 0, False  # line0: file line number of buffer[0]
 
     def more() -> bool:
@@ -183,8 +259,6 @@ def _iter_json_array(p: Path, f: IO[bytes], limit: int) -> Iterator[RecordItem]:
             try:
                 record, end = decoder.raw_decode(buffer, pos)
                 break
-            except RecursionError:
-                raise DataError(source, None, "invalid JSON: nested too deeply") from None
             except json.JSONDecodeError as exc:
                 if len(buffer) - pos <= limit and more():
                     continue  # the record is not complete in the buffer yet
@@ -194,10 +268,22 @@ def _iter_json_array(p: Path, f: IO[bytes], limit: int) -> Iterator[RecordItem]:
                 # Inside an array one broken record breaks the rest of the file: stop here, whatever on_error says.
                 raise DataError(f"{p}:{line0 + exc.lineno - 1}", None,
                                 f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-        if not isinstance(record, dict):
+            except (RecursionError, ValueError) as exc:  # valid JSON Python will not hold: step over it, read on
+                problem = "nested too deeply" if isinstance(exc, RecursionError) else _refusal(exc)
+                end, resume, depth = _value_end(buffer, pos, 0)
+                while end is None and len(buffer) - pos <= limit and more():
+                    end, resume, depth = _value_end(buffer, resume, depth)
+                if end is None:
+                    raise DataError(source, None, f"invalid JSON: {problem}") from None
+                record = DataError(source, None, f"invalid JSON: {problem}")
+                break
+        if isinstance(record, DataError):
+            yield source, record
+        elif not isinstance(record, dict):
             yield source, DataError(source, None, f"expected a JSON object, got {type(record).__name__}")
         else:
-            yield source, record
+            bad = _SURROGATE_ESCAPE.search(buffer, pos, end) and _lone_surrogate(record)
+            yield source, (DataError(source, *bad) if bad else record)
         pos = end
         cut = buffer.rfind("\n", 0, pos) + 1  # drop what is read, keeping the buffer at a line start
         if cut:
@@ -205,40 +291,76 @@ def _iter_json_array(p: Path, f: IO[bytes], limit: int) -> Iterator[RecordItem]:
             buffer, pos = buffer[cut:], pos - cut
 
 
-def _lines(p: Path, f: IO[bytes]) -> Iterator[str]:
-    for _, text in _text_blocks(p, f):
-        yield from text.splitlines(keepends=True)
+def _iter_csv(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[RecordItem]:
+    # The module's default cell limit (128 KiB) would stop a long answer: cells may be as long as a record may.
+    csv.field_size_limit(max(csv.field_size_limit(), limit))
+    reader = csv.DictReader(line for _, text in _text_blocks(p, f, tell) for line in text.splitlines(keepends=True))
+    try:
+        if reader.fieldnames is None:  # an empty file (reading the header also makes line_num count from row 1)
+            return
+        start = reader.line_num + 1  # a row is named by the line it starts on (quoted newlines make it span several)
+        for row in reader:
+            source = f"{p}:{start}"
+            start = reader.line_num + 1
+            if None in row:
+                yield source, DataError(source, None, f"more cells than the {len(reader.fieldnames or [])} header columns")
+                continue
+            # a short row leaves its last cells None: absent, as a null is (`absent_nulls`)
+            yield source, {k: v for k, v in row.items() if v is not None}
+    except csv.Error as exc:  # the reader cannot find the next row after this: stop, whatever on_error says
+        raise DataError(f"{p}:{reader.line_num}", None, f"invalid CSV: {exc}") from None
 
 
-def _iter_csv(p: Path, f: IO[bytes]) -> Iterator[RecordItem]:
-    reader = csv.DictReader(_lines(p, f))
-    if reader.fieldnames is None:  # an empty file (reading the header also makes line_num count from row 1)
-        return
-    start = reader.line_num + 1  # a row is named by the line it starts on (quoted newlines make it span several)
-    for row in reader:
-        source = f"{p}:{start}"
-        start = reader.line_num + 1
-        if None in row:
-            yield source, DataError(source, None, f"more cells than the {len(reader.fieldnames or [])} header columns")
-            continue
-        yield source, {k: v for k, v in row.items() if k is not None}
+def _iter_txt(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[RecordItem]:
+    for source, text in _raw_lines(p, f, limit, tell):
+        yield source, text if isinstance(text, DataError) else {"text": text}
 
 
-def _iter_txt(p: Path, f: IO[bytes]) -> Iterator[RecordItem]:
-    for first, text in _text_blocks(p, f):
-        for offset, line in enumerate(text.split("\n")):
-            if line.strip():
-                yield f"{p}:{first + offset}", {"text": line}
+def absent_nulls(value: Any) -> Any:
+    """Arrow tables (Parquet, the hub) give every row every column and every struct every field: there, a null
+    means the record does not have that field, as if it were missing from JSON. Null items of a list stay."""
+    if isinstance(value, dict):
+        return {k: absent_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [absent_nulls(v) for v in value]
+    return value
 
 
-def _iter_parquet(p: Path) -> Iterator[RecordItem]:
+def _iter_parquet(p: Path, tell: Callable[[int], Any]) -> Iterator[RecordItem]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    row = 0
-    for batch in pq.ParquetFile(p).iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
+    unreadable = (pa.ArrowException, OSError, ValueError)  # bad magic, thrift, pages, UTF-8 (pyarrow's own types)
+    try:
+        parquet = pq.ParquetFile(p)
+        rows = parquet.metadata.num_rows
+        batches = parquet.iter_batches(batch_size=1024)
+    except unreadable as exc:
+        raise DataError(str(p), None, f"not a readable Parquet file ({_first_line(exc)}): check that it was copied "
+                                      "whole, or write it again") from None
+    size, told, row = p.stat().st_size, 0, 0
+    while True:
+        try:
+            batch = next(batches, None)
+            records = [] if batch is None else batch.to_pylist()
+        except unreadable as exc:
+            raise DataError(f"{p}:row {row + 1}", None, f"the Parquet file cannot be read from this row on "
+                                                        f"({_first_line(exc)}): check that it was copied whole, or "
+                                                        "write it again") from None
+        if batch is None:
+            tell(size - told)
+            return
+        for record in records:
             row += 1
-            yield f"{p}:row {row}", record
+            yield f"{p}:row {row}", absent_nulls(record)
+        if rows:
+            now = size * min(row, rows) // rows
+            tell(now - told)
+            told = now
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -257,4 +379,4 @@ def _iter_hub(repo_id: str, split: str, subset: Optional[str], streaming: bool,
     except Exception as exc:  # network, auth, missing repo: the message is the user's lead
         raise DataError(repo_id, None, f"could not load from the hub: {exc}") from None
     for i, row in enumerate(ds, start=1):
-        yield f"{repo_id}[{split}]:row {i}", dict(row)
+        yield f"{repo_id}[{split}]:row {i}", absent_nulls(dict(row))

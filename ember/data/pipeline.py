@@ -57,20 +57,21 @@ def num_processes(data: DataConfig) -> int:
 
 
 # -- reading ----------------------------------------------------------------------------------------------------------
-def _sources(spec: DatasetSpec, data: DataConfig):
-    """(file or hub id, record iterator) for each file behind a dataset entry: formats are detected per file."""
+def _sources(spec: DatasetSpec, data: DataConfig, progress=None):
+    """(file or hub id, record iterator) for each file behind a dataset entry: formats are detected per file.
+    `progress` is told the bytes read from local files."""
     if not Path(spec.path).exists() and looks_like_hub_id(spec.path):
         yield spec.path, iter_records(spec.path, spec.hub_split, spec.subset, spec.streaming, data.max_record_bytes)
         return
     for f in data_files(spec.path):
-        yield str(f), iter_file(f, data.max_record_bytes)
+        yield str(f), iter_file(f, data.max_record_bytes, progress)
 
 
-def read_dataset(spec: DatasetSpec, data: DataConfig, recipe: Recipe, report: DataReport, sink) -> int:
+def read_dataset(spec: DatasetSpec, data: DataConfig, recipe: Recipe, report: DataReport, sink, progress=None) -> int:
     """Convert every record of one dataset entry into `sink(record)`; bad ones raise (strict) or are counted and
     skipped. Returns how many records were kept."""
     kept = 0
-    for _, items in _sources(spec, data):
+    for _, items in _sources(spec, data, progress):
         fmt = spec.format
         for source, record in items:
             report.read += 1
@@ -114,18 +115,32 @@ def _select(data: DataConfig, counts: list[int]) -> tuple[list[int], list[int]]:
 
 def _read_all(data: DataConfig, recipe: Recipe, report: DataReport, work: Path, progress: bool) -> tuple[list[Path], list[int]]:
     paths, counts = [], []
-    bar = _progress(None, "reading", "record", progress)
+    size = _local_bytes(data) if progress else None
+    # Local files: a bar of bytes against their total, moving inside one big file too; the hub: records read.
+    bar = (_progress(size, "reading", "B", progress, bytes_=True) if size is not None
+           else _progress(None, "reading", "record", progress))
     for k, spec in enumerate(data.datasets):
         path = work / f"records-{k:03d}.arrow"
         with ArrowWriter(path, recipe.record_schema) as writer:
             def sink(record, writer=writer):
                 writer.write(recipe.record_row(record))
-                bar.update(1)
+                if size is None:
+                    bar.update(1)
 
-            counts.append(read_dataset(spec, data, recipe, report, sink))
+            counts.append(read_dataset(spec, data, recipe, report, sink, bar.update if size is not None else None))
         paths.append(path)
     bar.close()
     return paths, counts
+
+
+def _local_bytes(data: DataConfig) -> Optional[int]:
+    """The size of every file the entries name, or None when one is a hub id (whose size is not known up front)."""
+    total = 0
+    for spec in data.datasets:
+        if not Path(spec.path).exists() and looks_like_hub_id(spec.path):
+            return None
+        total += sum(f.stat().st_size for f in data_files(spec.path))
+    return total
 
 
 def load_records(data: DataConfig, recipe: Recipe, report: DataReport) -> Records:
@@ -198,12 +213,13 @@ def _encode(rows: list[int], split: str, recipe: Recipe, ctx: EncodeContext, rec
     return recipe.finish([s for s in shards if s is not None], work, split, ctx, report)
 
 
-def _progress(total: Optional[int], desc: str, unit: str, enabled: bool):
+def _progress(total: Optional[int], desc: str, unit: str, enabled: bool, bytes_: bool = False):
     from tqdm.auto import tqdm
 
     quiet = not enabled or os.environ.get("EMBER_NO_PROGRESS") == "1"
     # Shown only for work that takes a while: a bar that flashes by on a small file is noise in the output.
-    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, delay=2.0, mininterval=1.0, smoothing=0.1)
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, delay=2.0, mininterval=1.0, smoothing=0.1,
+                unit_scale=bytes_, unit_divisor=1024 if bytes_ else 1000)
 
 
 def process(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optional[Renderer], out_dir: Path,

@@ -19,7 +19,7 @@ from ember.config.schema import DataConfig, DatasetSpec
 from ember.data.conversation import Conversation
 from ember.data.formats import convert, detect_format
 from ember.data.pretrain import BlockCutter
-from ember.data.render import IGNORE_INDEX, Encoded, Renderer
+from ember.data.render import IGNORE_INDEX, Encoded, RenderError, Renderer
 from ember.data.report import DataReport
 from ember.data.store import (CONVERSATION_SCHEMA, SAMPLE_SCHEMA, TEXT_SCHEMA, TOKENS_SCHEMA, ArrowWriter, Rows,
                               Samples, conversation_row, read_table, row_conversation, sample_row)
@@ -111,8 +111,12 @@ class ChatRecipe(Recipe):
         pad, stops = ctx.tokenizer.pad_token_id, set(renderer.stop_token_ids)
         for begin in range(0, len(records), ENCODE_BATCH):
             part = records[begin: begin + ENCODE_BATCH]
-            for conv, enc in zip(part, renderer.encode_batch(part, data.mask), strict=True):
-                fitted = fit_samples(renderer, conv, enc, data.truncation, data.max_length, data.mask)
+            for conv, enc in _encode_each(renderer, part, data, report):
+                try:  # fitting renders shortened conversations, which the template may refuse too
+                    fitted = fit_samples(renderer, conv, enc, data.truncation, data.max_length, data.mask)
+                except (RenderError, RecursionError) as exc:
+                    _record_error(conv, exc, data, report)
+                    continue
                 report.count_answers(fitted.answer_tokens, fitted.lost)
                 if not fitted.samples:
                     report.dropped_too_long += 1
@@ -122,6 +126,7 @@ class ChatRecipe(Recipe):
                     report.dropped_nothing_to_train += 1
                     report.warn(f"{conv.source}: nothing to train in this sample (all labels are -100)")
                     continue
+                report.kept_records += 1
                 report.split_into += len(fitted.samples) - 1
                 for sample in fitted.samples:
                     if not sample.trained_tokens:
@@ -132,6 +137,33 @@ class ChatRecipe(Recipe):
                         report.warn(f"{sample.source}: the pad token ({ctx.tokenizer.pad_token}) is trained in the labels")
                     report.add_sample(sample)
                     yield sample_row(sample)
+
+
+def _encode_each(renderer: Renderer, convs: Sequence[Conversation], data: DataConfig,
+                 report: DataReport) -> list[tuple[Conversation, Encoded]]:
+    """(conversation, Encoded) for each conversation the chat template renders. One it cannot render (a Jinja
+    `raise_exception` on its roles or content, values the template chokes on) is that record's error, named by
+    file:line: strict stops on it, skip counts it and goes on."""
+    try:
+        return list(zip(convs, renderer.encode_batch(convs, data.mask), strict=True))
+    except (RenderError, RecursionError):
+        pass  # find the record(s): one at a time
+    out = []
+    for conv in convs:
+        try:
+            out.append((conv, renderer.encode(conv, data.mask)))
+        except (RenderError, RecursionError) as exc:
+            _record_error(conv, exc, data, report)
+    return out
+
+
+def _record_error(conv: Conversation, exc: Exception, data: DataConfig, report: DataReport) -> None:
+    """A conversation the template could not render: raise its DataError (strict) or count it as skipped."""
+    error = DataError(conv.source, None, str(exc) if isinstance(exc, RenderError) else
+                      "nested too deeply for the chat template to render")
+    if data.on_error == "strict":
+        raise error from None
+    report.skip(error.source, error.problem, error.reason)
 
 
 class TextRecipe(Recipe):
@@ -161,6 +193,8 @@ class TextRecipe(Recipe):
 
     def encode(self, records: Sequence[str], ctx: EncodeContext, report: DataReport) -> Iterator[dict[str, Any]]:
         docs = [text for text in records if text]
+        report.kept_records += len(docs)
+        report.dropped_empty_text += len(records) - len(docs)
         for begin in range(0, len(docs), ENCODE_BATCH):
             for ids in encode_plain_batch(ctx.tokenizer, docs[begin: begin + ENCODE_BATCH]):
                 yield {"input_ids": ids}

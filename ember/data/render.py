@@ -31,6 +31,11 @@ class TemplateError(ConfigError):
     """The chat template cannot be used to build labels safely."""
 
 
+class RenderError(TemplateError):
+    """The chat template failed on one conversation (a Jinja `raise_exception`, a value it cannot take): in
+    training, that record's error (ember.data.recipes)."""
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
@@ -148,7 +153,7 @@ class Renderer:
                 add_generation_prompt=add_generation_prompt,
             )
         except Exception as exc:  # jinja raise_exception(...) or a template bug: name the template
-            raise TemplateError(f"chat template '{self.name}' failed to render: {exc}") from None
+            raise RenderError(f"chat template '{self.name}' failed to render: {exc}") from None
 
     # -- tokens -----------------------------------------------------------------------------------------------
     def _content_spans(self, messages: Sequence[Message], text: str, add_generation_prompt: bool, tools) -> list[tuple[int, int]]:

@@ -17,8 +17,11 @@ KEEP_LISTED = 1000  # skipped records / warnings listed by name; beyond that the
 
 @dataclass
 class DataReport:
+    """Every record read is accounted for: `read + repeated == kept_records + skipped + dropped` (see `unaccounted`)."""
+
     read: int = 0
-    kept: int = 0
+    kept: int = 0  # samples (train + eval); truncation: split makes several of one record, pt packs many in a block
+    kept_records: int = 0  # records that became training data (a record drawn twice by samples/ratio counts twice)
     skipped: dict[str, int] = field(default_factory=dict)  # reason → count
     skipped_records: list[dict[str, str]] = field(default_factory=list)  # {source, reason}, the first KEEP_LISTED
     truncated: int = 0
@@ -28,6 +31,9 @@ class DataReport:
     split_into: int = 0  # extra samples made by truncation: split
     dropped_identical_pairs: int = 0  # preference pairs whose two answers encode to the same tokens
     dropped_empty_answers: int = 0  # preference pairs / kto examples with an empty answer
+    dropped_empty_text: int = 0  # pt documents with no text
+    not_sampled: int = 0  # valid records left out by a dataset entry's samples / ratio (below its size)
+    repeated: int = 0  # extra draws of valid records by samples / ratio (above the entry's size)
     train_samples: int = 0
     eval_samples: int = 0
     total_tokens: int = 0
@@ -84,6 +90,17 @@ class DataReport:
                                        for q in (0, 50, 90, 99, 100)}
 
     @property
+    def dropped(self) -> int:
+        """Valid records that did not become training data, each for a counted reason."""
+        return (self.dropped_too_long + self.dropped_nothing_to_train + self.dropped_identical_pairs
+                + self.dropped_empty_answers + self.dropped_empty_text + self.not_sampled)
+
+    @property
+    def unaccounted(self) -> int:
+        """Records neither kept, skipped nor dropped: 0 unless Ember lost one (the fuzz tests hold it there)."""
+        return self.read + self.repeated - self.kept_records - sum(self.skipped.values()) - self.dropped
+
+    @property
     def trained_share(self) -> float:
         return self.trained_tokens / self.total_tokens if self.total_tokens else 0.0
 
@@ -93,6 +110,7 @@ class DataReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["dropped"] = self.dropped
         out["trained_share"] = round(self.trained_share, 4)
         out["answer_tokens_kept"] = self.answer_tokens - sum(self.answer_tokens_lost.values())
         return out

@@ -79,6 +79,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from ember.models.adapters import apply_method, describe_parameters, parameter_counts, quantization_config
     from ember.models.loading import check_reachable, detect_family, load_model
     from ember.core.hardware import resolve_dtype
+    from ember.core.paths import check_writable
     from ember.training.arguments import training_arguments
     from ember.training import checkpoints
     from ember.training.callbacks import LossPlotCallback
@@ -86,6 +87,8 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from ember.training.stages import STAGES
 
     validate(cfg)
+    if is_main_process():  # a read-only or full output.dir fails now, not after the data and the model
+        check_writable(Path(cfg.output.dir) / "ember_run.yaml")
     check_reachable(cfg.model)  # an offline hub id fails here, not deep inside the tokenizer or weight loading
     for warning in config_warnings(cfg):
         say(f"warning: {warning}")
@@ -154,8 +157,15 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     result = trainer.train(resume_from_checkpoint=resume)
     if guard.stopped:
         raise TrainingStopped(_stopped_message(guard, cfg))
-    trainer.save_model(str(out))
-    trainer.save_state()
+    try:
+        trainer.save_model(str(out))
+        trainer.save_state()
+    except Exception as exc:  # a full disk surfaces as OSError, torch's RuntimeError or safetensors' own error
+        newest = checkpoints.scan(out).newest
+        kept = (f"the newest complete checkpoint, {newest}, is kept (train.resume_from_checkpoint=auto continues "
+                "from it)" if newest else "no complete checkpoint exists")
+        raise TrainingStopped(f"training finished but the model could not be written into {out}: {exc}; {kept}. "
+                              "Free space (or fix the permissions) and run again") from exc
     metrics = dict(result.metrics)
     if guard.skipped:
         metrics["skipped_steps"] = guard.skipped

@@ -72,3 +72,49 @@ def test_train_writes_the_report_when_nothing_is_left(tiny_run_config, tmp_path,
         train(cfg)
     report = json.loads((tmp_path / "run" / "data_report.json").read_text(encoding="utf-8"))
     assert report["skipped_records"] == [{"source": f"{path}:1", "reason": "invalid JSON: Expecting value (column 1)"}]
+
+
+def test_train_fails_before_any_work_when_output_dir_cannot_be_written(tiny_run_config, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from ember.errors import ConfigError
+    from ember.training.run import train
+
+    def never(*args, **kwargs):
+        raise AssertionError("work started before output.dir was checked")
+
+    monkeypatch.setattr("ember.models.loading.check_reachable", never)
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        train(tiny_run_config(f"output.dir={blocker / 'run'}"))
+    assert str(info.value) == f"cannot write {blocker / 'run' / 'ember_run.yaml'}: {blocker} is a file, not a folder"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", full)
+    with pytest.raises(ConfigError) as info:
+        train(tiny_run_config())
+    assert str(info.value) == f"cannot write {tmp_path / 'run' / 'ember_run.yaml'}: the disk is full"
+
+
+def test_a_final_save_that_fails_stops_with_a_message(tiny_run_config, tmp_path, monkeypatch):
+    import errno
+
+    from ember.errors import TrainingStopped
+    from ember.training.run import train
+    from ember.training.trainer import EmberTrainer
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(EmberTrainer, "save_model", full)
+    with pytest.raises(TrainingStopped) as info:
+        train(tiny_run_config())
+    assert str(info.value) == (
+        f"training finished but the model could not be written into {tmp_path / 'run'}: [Errno 28] No space left on "
+        "device; no complete checkpoint exists. Free space (or fix the permissions) and run again"
+    )
+    assert info.value.exit_code == 3

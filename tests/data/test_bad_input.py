@@ -200,3 +200,120 @@ def test_skip_keeps_good_records_and_reports_each_skipped_one(write, make_config
     # the summary groups skips by reason
     assert report.skipped == {"expected list, got int": 1, "invalid JSON": 1, "empty assistant text": 1,
                               "expected a JSON object per line, got list": 1, "unknown field": 1}
+
+
+# -- input that used to end in a traceback: each is now one line naming file:line (issue 14) ------------------------
+def test_a_lone_surrogate_is_that_records_error(write, make_config, prepare):
+    bad = '{"messages": [{"role": "user", "content": "a\\ud800b"}, {"role": "assistant", "content": "x"}]}'
+    paired = '{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}, {"role": "assistant", "content": "x"}]}'
+    lines = write("surrogate.jsonl", f"{bad}\n{paired}\n")
+    array = write("surrogate.json", f"[\n{paired},\n{bad}\n]\n")
+    problem = ("field 'messages[0].content': not valid Unicode: a lone surrogate \\ud800 at character 2 (half of a "
+               "UTF-16 pair); fix the text or the program that wrote it")
+    for path, line, good in ((lines, 1, 2), (array, 3, 2)):
+        assert _error(prepare, make_config([{"path": str(path)}])) == f"{path}:{line}: {problem}"
+        prepared = prepare(make_config([{"path": str(path)}], on_error="skip"))
+        assert _kept_sources(prepared) == [f"{path}:{good}"]  # a surrogate pair is one character: kept
+        assert prepared.data.report.skipped == {"not valid Unicode": 1}
+
+
+def test_json_nested_too_deeply_is_skippable_in_lines_and_arrays(write, make_config, prepare):
+    deep = "[" * 200_000 + "]" * 200_000
+    lines = write("deep.jsonl", _lines(GOOD[0], deep.encode(), GOOD[1]))
+    array = write("deep.json", "[" + json.dumps(GOOD[0]) + ",\n" + deep + ",\n" + json.dumps(GOOD[1]) + "\n]\n")
+    for path in (lines, array):
+        assert _error(prepare, make_config([{"path": str(path)}])) == f"{path}:2: invalid JSON: nested too deeply"
+        prepared = prepare(make_config([{"path": str(path)}], on_error="skip"))
+        assert _kept_sources(prepared) == [f"{path}:1", f"{path}:3"]  # the array reads on past it
+
+
+def test_a_number_python_refuses_is_invalid_json(write, make_config, prepare):
+    path = write("digits.json", "[" + json.dumps(GOOD[0]) + ',\n{"weight": ' + "9" * 5000 + "},\n"
+                 + json.dumps(GOOD[1]) + "\n]\n")
+    assert _error(prepare, make_config([{"path": str(path)}])) == (
+        f"{path}:2: invalid JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"
+    )
+    assert _kept_sources(prepare(make_config([{"path": str(path)}], on_error="skip"))) == [f"{path}:1", f"{path}:3"]
+
+
+def _parquet_bytes(records) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(records), buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("damage", "where", "problem"), [
+    (lambda b: b"PAR1 not really", "", "not a readable Parquet file (Parquet magic bytes not found in footer. Either "
+     "the file is corrupted or this is not a parquet file.)"),
+    (lambda b: b[:-30], "", "not a readable Parquet file (Parquet magic bytes not found in footer. Either the file is "
+     "corrupted or this is not a parquet file.)"),
+    (lambda b: b[:20] + b"\0" * 40 + b[60:], ":row 1", "the Parquet file cannot be read from this row on (Couldn't "
+     "deserialize thrift: TProtocolException: Invalid data)"),
+])
+def test_a_corrupt_parquet_file_is_one_line(write, make_config, prepare, damage, where, problem):
+    path = write("broken.parquet", damage(_parquet_bytes(GOOD)))
+    for on_error in ("strict", "skip"):  # nothing after the damage can be read: skip stops too
+        assert _error(prepare, make_config([{"path": str(path)}], on_error=on_error)) == (
+            f"{path}{where}: {problem}: check that it was copied whole, or write it again"
+        )
+
+
+def test_nulls_in_parquet_mean_absent(write, make_config, prepare):
+    # Arrow gives every message every field: `weight` on one message is null on all the others.
+    weighted = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "half", "weight": 0.5}]}
+    path = write("weights.parquet", _parquet_bytes([weighted, GOOD[0]]))
+    prepared = prepare(make_config([{"path": str(path)}]))
+    first, second = prepared.data.train
+    assert (first.source, second.source) == (f"{path}:row 1", f"{path}:row 2")
+    assert sorted({w for w in first.weights if w}) == [0.5] and second.weights is None
+    # moss turns are numbered fields: a record with fewer turns has the later ones null
+    moss = [{"meta_instruction": "", "chat": {"turn_1": {"Human": "<|Human|>: a<eoh>", "MOSS": "<|MOSS|>: b<eom>"},
+                                              "turn_2": {"Human": "<|Human|>: c<eoh>", "MOSS": "<|MOSS|>: d<eom>"}}},
+            {"meta_instruction": "", "chat": {"turn_1": {"Human": "<|Human|>: e<eoh>", "MOSS": "<|MOSS|>: f<eom>"}}}]
+    assert len(prepare(make_config([{"path": str(write("moss.parquet", _parquet_bytes(moss)))}])).data.train) == 2
+
+
+def test_null_weight_and_train_in_json_mean_absent(write, make_config, prepare):
+    record = {"messages": [{"role": "user", "content": "q", "weight": None, "train": None},
+                           {"role": "assistant", "content": "a", "weight": None, "train": None, "loss": False}]}
+    path = write("nulls.jsonl", [record, GOOD[0]])
+    prepared = prepare(make_config([{"path": str(path)}], on_error="skip"))
+    # the answer's `train: null` gives way to its `loss: false`: nothing to train in record 1
+    assert _kept_sources(prepared) == [f"{path}:2"]
+    assert prepared.data.report.dropped_nothing_to_train == 1
+
+
+def test_a_csv_cell_longer_than_the_csv_modules_default_limit(write, make_config, prepare):
+    answer = "word " * 40_000  # 200 kB; Python's csv stops at 128 kB unless told otherwise
+    path = write("long.csv", [{"input": "q", "target": answer}])
+    assert len(prepare(make_config([{"path": str(path)}], max_length=64)).data.train) == 1
+
+
+def test_a_short_csv_row_leaves_its_missing_cells_absent(write, make_config, prepare):
+    path = write("short.csv", "input,target,system\nq,a\n")
+    assert [s.source for s in prepare(make_config([{"path": str(path)}])).data.train] == [f"{path}:2"]
+
+
+def test_a_template_error_caused_by_one_record_is_that_records_error(write, make_config, prepare, tmp_path):
+    template = tmp_path / "picky.jinja"
+    template.write_text(
+        "{%- for m in messages %}{% if 'FORBIDDEN' in m['content'] %}"
+        "{{ raise_exception('the word FORBIDDEN is not allowed') }}{% endif %}"
+        "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}", encoding="utf-8")
+    path = write("picky.jsonl", [GOOD[0], _chat("say FORBIDDEN", "no"), GOOD[1]])
+    config = lambda on_error: make_config([{"path": str(path)}], template=str(template), on_error=on_error)  # noqa: E731
+    assert _error(prepare, config("strict")) == (
+        f"{path}:2: chat template 'picky' failed to render: the word FORBIDDEN is not allowed"
+    )
+    prepared = prepare(config("skip"))
+    assert _kept_sources(prepared) == [f"{path}:1", f"{path}:3"]
+    assert prepared.data.report.skipped_records == [
+        {"source": f"{path}:2", "reason": "chat template 'picky' failed to render: the word FORBIDDEN is not allowed"}
+    ]
+    assert prepared.data.report.skipped == {"chat template 'picky' failed to render": 1}
