@@ -18,6 +18,9 @@ class Message:
     train: Optional[bool] = None  # None = decided by the mask mode; False never trains; True always trains
     weight: float = 1.0  # loss weight of this message's tokens when trained
     tool_calls: Optional[list[dict[str, Any]]] = None  # assistant function calls, OpenAI style
+    # Encoded image files (PNG, JPEG, ...) of this message, in order: each stands where the content holds an
+    # `<image>` marker (ember.data.images.IMAGE_MARKER). None for text; the marker is then plain text.
+    images: Optional[list[bytes]] = None
 
     def to_template(self) -> dict[str, Any]:
         """The dict a Jinja chat template sees."""

@@ -105,6 +105,13 @@ class ChatRecipe(Recipe):
         assert ctx.renderer is not None
         return ctx.renderer.stop_token_ids
 
+    def truncation(self, conv: Conversation, data: DataConfig) -> str:
+        """How this conversation is fitted to max_length (a subclass may choose per conversation)."""
+        return data.truncation
+
+    def sample_row(self, sample: Encoded) -> dict[str, Any]:
+        return sample_row(sample)
+
     def encode(self, records: Sequence[Conversation], ctx: EncodeContext, report: DataReport) -> Iterator[dict[str, Any]]:
         renderer, data = ctx.renderer, ctx.data
         assert renderer is not None
@@ -113,7 +120,7 @@ class ChatRecipe(Recipe):
             part = records[begin: begin + ENCODE_BATCH]
             for conv, enc in _encode_each(renderer, part, data, report):
                 try:  # fitting renders shortened conversations, which the template may refuse too
-                    fitted = fit_samples(renderer, conv, enc, data.truncation, data.max_length, data.mask)
+                    fitted = fit_samples(renderer, conv, enc, self.truncation(conv, data), data.max_length, data.mask)
                 except (RenderError, RecursionError) as exc:
                     _record_error(conv, exc, data, report)
                     continue
@@ -136,7 +143,7 @@ class ChatRecipe(Recipe):
                     if pad is not None and pad not in stops and pad in (x for x in sample.labels if x != IGNORE_INDEX):
                         report.warn(f"{sample.source}: the pad token ({ctx.tokenizer.pad_token}) is trained in the labels")
                     report.add_sample(sample)
-                    yield sample_row(sample)
+                    yield self.sample_row(sample)
 
 
 def _encode_each(renderer: Renderer, convs: Sequence[Conversation], data: DataConfig,

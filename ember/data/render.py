@@ -4,6 +4,11 @@ An answer's supervised span is the text added between "everything before assista
 prompt" and "everything through turn k". A template whose earlier text changes when a turn is appended is not
 prefix-stable: we raise rather than mislabel. `ember.data.layout` finds those spans from one extra rendering per
 conversation (linear time); `exact_spans` renders the prefixes themselves and is the reference it is checked against.
+
+Images: for a model that reads them, `Renderer.images` (ember.data.vision.ImageTokens) is set. A message's `<image>`
+markers then render as the model's image text (e.g. `<|vision_start|><|image_pad|><|vision_end|>`), which is
+tokenised as the special tokens it is (the rest of the content stays data), and each image token is expanded into
+the tokens the model's processor gives that image — never trained, in training and in prompts alike.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from ember.data.conversation import Conversation, Message
+from ember.data.images import IMAGE_MARKER
 from ember.data.layout import SpanLayout, build_skeleton, log as layout_log, sentinel
 from ember.data.tokenize import holds_added_token, tokenize_with_offsets
 from ember.data.tools import calls_text, result_text, tools_text
@@ -47,6 +53,7 @@ class Encoded:
     warnings: list[str] = field(default_factory=list)
     # (message index, first token, end token) of every assistant answer's span; truncation cuts at these boundaries
     answers: Optional[list[tuple[int, int, int]]] = field(default=None, repr=False, compare=False)
+    images: Optional[list[bytes]] = field(default=None, repr=False)  # the sample's images, in token order
 
     @property
     def trained_tokens(self) -> int:
@@ -78,6 +85,7 @@ class Renderer:
         self._tool_list_native = re.search(r"\btools\b", self.source) is not None
         self.layout = SpanLayout()
         self.render_calls = 0  # template renders so far (tests pin the per-conversation cost with it)
+        self.images: Any = None  # ember.data.vision.ImageTokens for a model that reads images
 
     # -- identity ---------------------------------------------------------------------------------------------
     @property
@@ -112,6 +120,8 @@ class Renderer:
         out = []
         for m in messages:
             d = m.to_template()
+            if m.images:
+                d["content"] = self._content(m)
             if m.tool_calls and not self._tools_native:
                 text = calls_text(m.tool_calls)
                 d = {"role": "assistant", "content": (d["content"] + "\n" if d["content"] else "") + text}
@@ -124,6 +134,19 @@ class Renderer:
             else:
                 out.insert(0, {"role": "system", "content": tools_text(tools)})
         return out
+
+    def _content(self, m: Message) -> str:
+        """The message's text as the template receives it: its image markers become the model's image text."""
+        if not m.images:
+            return m.content
+        if self.images is None:
+            raise ConfigError("a message holds images but this model reads none: use an image-text model "
+                              "(docs/multimodal.md) or drop the images")
+        return m.content.replace(IMAGE_MARKER, self.images.image_text)
+
+    def _data_contents(self, messages: Sequence[Message]) -> list[str]:
+        """The text of each message that must stay data (image markers are not: they become image tokens)."""
+        return [m.content.replace(IMAGE_MARKER, "") if m.images else m.content for m in messages]
 
     def render_text(self, messages: Sequence[Message], add_generation_prompt: bool = False, tools=None) -> str:
         return self._render(self.template_messages(messages, tools), add_generation_prompt, tools)
@@ -157,7 +180,8 @@ class Renderer:
 
     # -- tokens -----------------------------------------------------------------------------------------------
     def _content_spans(self, messages: Sequence[Message], text: str, add_generation_prompt: bool, tools) -> list[tuple[int, int]]:
-        """Character spans of each message's content inside `text`, found by rendering with sentinels."""
+        """Character spans of each message's content inside `text` (less its image texts), found by rendering with
+        sentinels."""
         # a call without text stays empty (a sentinel there would change the template's glue); it has no data
         marked = [Message(m.role, "" if m.tool_calls and not m.content else f"\ue000{i}\ue001", tool_calls=m.tool_calls)
                   for i, m in enumerate(messages)]
@@ -168,8 +192,9 @@ class Renderer:
             for match in _SENTINEL.finditer(skeleton):
                 pieces.append(skeleton[last:match.start()])
                 pos += match.start() - last
-                content = transform(messages[int(match.group(1))].content)
-                spans.append((pos, pos + len(content)))
+                message = messages[int(match.group(1))]
+                content = transform(self._content(message))
+                spans += self._data_spans(message, content, pos)
                 pieces.append(content)
                 pos += len(content)
                 last = match.end()
@@ -181,8 +206,19 @@ class Renderer:
             "cannot be kept as plain text; remove that text from the data or use another template"
         )
 
+    def _data_spans(self, message: Message, content: str, pos: int) -> list[tuple[int, int]]:
+        """The spans of `content` (placed at `pos`) that are data: all of it, less its image texts."""
+        if not message.images:
+            return [(pos, pos + len(content))]
+        spans, start, image_text = [], 0, self.images.image_text
+        while (hit := content.find(image_text, start)) >= 0:
+            spans.append((pos + start, pos + hit))
+            start = hit + len(image_text)
+        spans.append((pos + start, pos + len(content)))
+        return [(a, b) for a, b in spans if b > a]
+
     def tokenize(self, messages: Sequence[Message], text: str, add_generation_prompt: bool = False, tools=None):
-        contents = [m.content for m in messages]
+        contents = self._data_contents(messages)
         protected = []
         if holds_added_token(self.tokenizer, contents):
             protected = self._content_spans(messages, text, add_generation_prompt, tools)
@@ -193,6 +229,9 @@ class Renderer:
         msgs = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in messages]
         text = self.render_text(msgs, add_generation_prompt=True, tools=tools)
         ids, _ = self.tokenize(msgs, text, add_generation_prompt=True, tools=tools)
+        images = [image for m in msgs for image in (m.images or ())]
+        if images:
+            ids = self.images.expand(Encoded(ids, [IGNORE_INDEX] * len(ids)), images).input_ids
         return ids
 
     def prompt_text(self, messages: Sequence[Message | dict], tools=None) -> str:
@@ -266,12 +305,14 @@ class Renderer:
     def encode_batch(self, convs: Sequence[Conversation], mask: str = "all_assistant") -> list[Encoded]:
         """Encode many conversations; texts without special-token content are tokenised in one fast batch call."""
         texts = [self.render_text(c.messages, tools=c.tools) for c in convs]
-        plain = [i for i, c in enumerate(convs) if not holds_added_token(self.tokenizer, [m.content for m in c.messages])]
+        plain = [i for i, c in enumerate(convs) if not holds_added_token(self.tokenizer, self._data_contents(c.messages))]
         tokens = dict(zip(plain, tokenize_batch(self.tokenizer, [texts[i] for i in plain]), strict=True))
         out = []
         for i, conv in enumerate(convs):
             ids, offsets = tokens[i] if i in tokens else self.tokenize(conv.messages, texts[i], tools=conv.tools)
-            out.append(self._label(conv, texts[i], ids, offsets, mask))
+            enc = self._label(conv, texts[i], ids, offsets, mask)
+            images = [image for m in conv.messages for image in (m.images or ())]
+            out.append(self.images.expand(enc, images) if images else enc)
         return out
 
     def _label(self, conv: Conversation, text: str, ids: list[int], offsets, mask: str) -> Encoded:

@@ -33,6 +33,7 @@ class Merged:
     stop_token_ids: list[int]
     source: str  # where the weights came from (for the export record)
     template_info: Optional[dict]
+    processor: Optional[object] = None  # an image-text model's processor (holds `tokenizer`), saved beside it
 
 
 def merge(model: str, adapter: Optional[str] = None) -> Merged:
@@ -47,7 +48,9 @@ def merge(model: str, adapter: Optional[str] = None) -> Merged:
     _untie_if_diverged(net)
     token_dir = Path(adapter) if adapter else Path(model)
     info = read_template_info(token_dir) if token_dir.is_dir() else None
-    return Merged(net, loaded.tokenizer, list(loaded.renderer.stop_token_ids), model, info)
+    images = loaded.renderer.images if loaded.renderer is not None else None
+    return Merged(net, loaded.tokenizer, list(loaded.renderer.stop_token_ids), model, info,
+                  images.processor if images is not None else None)
 
 
 def _untie_if_diverged(model) -> None:
@@ -89,6 +92,8 @@ def save_merged(merged: Merged, to: Path, dtype: str = "float32") -> Path:
     model = merged.model.to(getattr(torch, dtype))
     model.config.use_cache = True  # training runs switch it off; generation wants it
     model.save_pretrained(to)
+    if merged.processor is not None:  # an image-text model: AutoProcessor loads it back (image processor + tokenizer)
+        merged.processor.save_pretrained(to)
     merged.tokenizer.save_pretrained(to)
     make_portable(to, merged.tokenizer)  # transformers 4.45+ reads it as 5.x does
     if merged.template_info is not None:
@@ -114,6 +119,9 @@ def export(model: str, to: str, adapter: Optional[str] = None, fmt: str = "hf", 
     target = Path(to)
     if fmt == "hf":
         return save_merged(merged, target, dtype)
+    if merged.processor is not None:
+        raise ConfigError("--format gguf: an image-text model's vision tower does not go into one GGUF file (llama.cpp "
+                          "reads it from a separate mmproj file); export --format hf")
     if target.suffix != ".gguf":
         target = target / f"{Path(model).name or 'model'}-{gguf_type}.gguf"
     if target.exists():

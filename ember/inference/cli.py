@@ -41,21 +41,48 @@ def options_from_args(args, generation_config=None) -> GenerationOptions:
 
 
 def cmd_chat(args) -> int:
-    from ember.inference.chat import ChatSession, print_prompt, run_chat
+    from pathlib import Path
+
+    from ember.data.images import read_image
+    from ember.inference.chat import ChatSession, print_calls, print_prompt, run_chat
     from ember.inference.engine import Engine
 
     engine = Engine.load(args.model, args.adapter)
     options = options_from_args(args, getattr(engine.model, "generation_config", None))
-    session = ChatSession(engine, options, system=args.system, history_max_tokens=args.history_max_tokens)
+    session = ChatSession(engine, options, system=args.system, history_max_tokens=args.history_max_tokens,
+                          tools=read_tools(args.tools) if args.tools else None)
+    for path in args.image:
+        session.attach(read_image(path, Path.cwd(), "--image", "PATH"))
     if args.prompt is not None:
         if args.show_prompt:
             print_prompt(session, args.prompt, sys.stdout)
         for piece in session.ask(args.prompt, stream=True):
             print(piece, end="", flush=True)
         print()
+        print_calls(session.last_calls, sys.stdout, interactive=False)
         return 0
     run_chat(session, iter(sys.stdin.readline, ""), interactive=sys.stdin.isatty(), show_prompt=args.show_prompt)
     return 0
+
+
+def read_tools(path: str) -> list[dict]:
+    """`--tools FILE`: a JSON list of tool schemas (OpenAI's `tools`, or flat {name, description, parameters})."""
+    import json
+    from pathlib import Path
+
+    from ember.data.tools import normalize_tools
+    from ember.errors import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--tools {path}: no such file")
+    try:
+        tools = normalize_tools(json.loads(file.read_text(encoding="utf-8")), str(file))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--tools {path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not tools:
+        raise ConfigError(f"--tools {path}: the list holds no tools")
+    return tools
 
 
 def register(sub) -> None:
@@ -66,5 +93,9 @@ def register(sub) -> None:
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--history-max-tokens", type=int, default=2048, help="prompt budget; oldest turns are dropped first")
     p.add_argument("--show-prompt", action="store_true", help="print the exact rendered prompt and its token count")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image for the first message (repeatable; an image-text model); /image PATH attaches more")
+    p.add_argument("--tools", default=None, metavar="FILE",
+                   help="a JSON list of tool schemas the model may call; calls are shown, /tool RESULT answers them")
     add_generation_options(p)
     p.set_defaults(func=cmd_chat)

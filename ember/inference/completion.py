@@ -64,6 +64,17 @@ class Completion:
 
 
 @dataclass
+class PromptImages:
+    """What a prompt with images adds to its prefill: the pixel inputs (the model's processor made them), and, for
+    models that place image tokens in 2D (Qwen2-VL's M-RoPE), the prompt's position ids and the offset every later
+    position carries."""
+
+    tensors: dict[str, Any]
+    positions: Any = None  # None: positions count the prompt's tokens
+    offset: int = 0
+
+
+@dataclass
 class Row:
     """One sequence to generate. `limit` is this row's max_new_tokens; `stop` its stop strings; `options` its
     sampling settings (None: the options of the call that runs it)."""
@@ -75,6 +86,7 @@ class Row:
     cancel: threading.Event = field(default_factory=threading.Event)
     options: Optional[GenerationOptions] = None
     on_logprobs: Optional[Callable[[list[TokenLogprob]], None]] = None  # streamed with the text they belong to
+    images: Optional[PromptImages] = None  # the prompt's images (an image-text model), prefilled in one piece
     ids: list[int] = field(default_factory=list)
     generated: int = 0  # tokens produced, the stop token included
     emitted: str = ""

@@ -91,7 +91,8 @@ class Decoder:
         for seq in sorted(self.prefilling, key=lambda s: s.remaining_prompt):
             if budget <= 0:
                 break
-            take = min(seq.remaining_prompt, budget)
+            # A prompt with images goes in one piece: its image tokens and their features must meet in one forward.
+            take = seq.remaining_prompt if seq.row.images is not None else min(seq.remaining_prompt, budget)
             budget -= take
             logits = self._prefill_chunk(seq, take)
             if seq.remaining_prompt:
@@ -111,6 +112,11 @@ class Decoder:
         ids = torch.tensor([seq.row.prompt[seq.fed: seq.fed + take]], device=self.device)
         positions = torch.arange(seq.fed, seq.fed + take, device=self.device).unsqueeze(0)
         kwargs = {"logits_to_keep": 1} if self._keep_logits else {}
+        images = seq.row.images
+        if images is not None:
+            kwargs.update({k: v.to(self.device) if hasattr(v, "to") else v for k, v in images.tensors.items()})
+            if images.positions is not None:
+                positions = images.positions.to(self.device)
         out = self.model(input_ids=ids, position_ids=positions, use_cache=True, **{self._cache_arg: seq.cache},
                          **kwargs)
         seq.fed += take
@@ -120,7 +126,8 @@ class Decoder:
     def _decode(self, finished: list[Row]) -> None:
         rows = len(self.decoding)
         ids = torch.tensor([[s.last] for s in self.decoding], device=self.device)
-        positions = torch.tensor([[s.fed] for s in self.decoding], device=self.device)
+        positions = torch.tensor([[s.fed + (s.row.images.offset if s.row.images else 0)] for s in self.decoding],
+                                 device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(rows, 1)], dim=1)
         padded = bool((self.mask == 0).any())
         out = self.model(input_ids=ids, attention_mask=self.mask if padded else None, position_ids=positions,

@@ -15,7 +15,8 @@ from typing import Any, Optional
 import torch
 
 from ember.data.conversation import Message
-from ember.inference.completion import Completion, GenerationOptions, Row, first_stop, without_unfinished_character
+from ember.inference.completion import (Completion, GenerationOptions, PromptImages, Row, first_stop,
+                                       without_unfinished_character)
 from ember.inference.decoder import Decoder, run_rows
 from ember.errors import ConfigError
 from ember.inference.loading import LoadedModel, load_for_inference
@@ -24,7 +25,9 @@ __all__ = ["Completion", "Engine", "GenerationOptions", "as_messages", "load_gen
 
 
 def as_messages(messages: Sequence[Message | dict]) -> list[Message]:
-    return [m if isinstance(m, Message) else Message(m["role"], m.get("content") or "") for m in messages]
+    """`Message`s from dicts with role and content (and `images`: encoded image files, one per `<image>` marker)."""
+    return [m if isinstance(m, Message) else Message(m["role"], m.get("content") or "", images=m.get("images") or None)
+            for m in messages]
 
 
 class Engine:
@@ -56,6 +59,19 @@ class Engine:
 
     def prompt_ids(self, messages: Sequence[Message | dict], tools=None) -> list[int]:
         return self.renderer.prompt_ids(self.with_default_system(messages), tools)
+
+    def prompt(self, messages: Sequence[Message | dict], tools=None) -> tuple[list[int], Optional[PromptImages]]:
+        """The prompt ids (`prompt_ids`) and, when the messages hold images, what their prefill needs."""
+        msgs = self.with_default_system(messages)
+        ids = self.prompt_ids(msgs, tools)
+        images = [image for m in msgs for image in (m.images or ())]
+        return ids, (self.prompt_images(ids, images) if images else None)
+
+    def prompt_images(self, ids: list[int], images: Sequence[bytes]) -> PromptImages:
+        """The processor's pixel inputs for `images`, and M-RoPE positions for models that place them in 2D."""
+        from ember.inference.vision import prompt_images
+
+        return prompt_images(self.model, self.renderer, ids, images)
 
     def fit_history(self, messages: Sequence[Message | dict], max_tokens: Optional[int]) -> list[Message]:
         """The conversation with its oldest whole rounds dropped until the prompt is at most `max_tokens` (the system
@@ -115,10 +131,13 @@ class Engine:
             One `Completion` per conversation (text without the stop token, cut at the first stop string).
         """
         options = options or GenerationOptions()
-        prompts = [self.prompt_ids(c) for c in conversations]
+        prompts = [self.prompt(c) for c in conversations]
         if options.num_beams != 1:
-            return self._beam_search(prompts, options)
-        return self.generate_rows([Row(p, options.max_new_tokens, list(options.stop)) for p in prompts], options)
+            if any(images for _, images in prompts):
+                raise ValueError("beam search does not take images: use num_beams=1")
+            return self._beam_search([ids for ids, _ in prompts], options)
+        return self.generate_rows([Row(ids, options.max_new_tokens, list(options.stop), images=images)
+                                   for ids, images in prompts], options)
 
     def generate(self, messages: Sequence[Message | dict], options: Optional[GenerationOptions] = None) -> Completion:
         """Answer one conversation.
@@ -144,8 +163,9 @@ class Engine:
             yield self.generate(messages, options).text
             return
         pieces: queue.Queue = queue.Queue()
-        row = Row(self.prompt_ids(messages), options.max_new_tokens, list(options.stop), on_text=pieces.put,
-                  cancel=cancel or threading.Event())
+        ids, images = self.prompt(messages)
+        row = Row(ids, options.max_new_tokens, list(options.stop), on_text=pieces.put,
+                  cancel=cancel or threading.Event(), images=images)
         finished = object()
         failure: list[BaseException] = []
 

@@ -33,6 +33,21 @@ def _run_model_config(directory: Path) -> Optional[ModelConfig]:
     return from_dict(ModelConfig, raw.get("model", {}), where=str(path))
 
 
+def _image_tokens(net, tokenizer, token_dir: Optional[Path], base_cfg: ModelConfig):
+    """An image-text model's `ImageTokens`: its processor from the run (or export) directory, else from its base."""
+    from ember.models.loading import detect_family, resolve_source
+    from ember.models.vision import image_tokens, is_image_text, load_processor
+
+    if not is_image_text(net.config):
+        return None
+    has_processor = token_dir is not None and any(
+        (token_dir / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
+    source = str(token_dir) if has_processor else resolve_source(base_cfg.name_or_path)
+    processor = load_processor(source, tokenizer, trust_remote_code=bool(base_cfg.trust_remote_code))
+    family = detect_family(getattr(net.config, "model_type", ""), base_cfg.family)
+    return image_tokens(processor, family, net.config)
+
+
 def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "auto") -> LoadedModel:
     """`model`: an Ember output dir (adapter or full weights), a HF dir, a .gguf file or a registry name."""
     import torch
@@ -74,5 +89,7 @@ def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "
     if renderer is not None and info and info.get("stop_strings"):
         renderer.stop_strings = list(info["stop_strings"])
         renderer.stop_token_ids = list(info.get("stop_token_ids") or renderer.stop_token_ids)
+    if renderer is not None:
+        renderer.images = _image_tokens(net, tokenizer, token_dir, base_cfg)
     name = path.name if path.exists() else model
     return LoadedModel(net, tokenizer, renderer, name, (info or {}).get("default_system"))

@@ -49,13 +49,23 @@ def apply_method(model, method: MethodConfig, family: Optional[Family], gradient
 
     `new_token_rows`: embedding rows no training has shaped (tokens a chat template added, rows a resize created);
     with LoRA they train as PEFT trainable tokens in embed_tokens and lm_head, the rest of both matrices frozen.
+
+    An image-text model (docs/multimodal.md) is tuned in its language model: LoRA targets only its modules and
+    `freeze` counts only its layers; the vision tower and the projector stay frozen unless `method.train_vision` /
+    `method.train_projector` (LoRA then also adapts the tower's linear layers and trains the projector whole).
     """
+    from ember.models.vision import is_image_text, vision_parts
+
+    parts = vision_parts(family, model.config) if is_image_text(model.config) else None
+    if parts is None and (method.train_vision or method.train_projector):
+        raise ConfigError("method.train_vision / method.train_projector apply to image-text models; this model "
+                          f"({type(model).__name__}) has no vision tower: set them to false")
     if method.type == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for name, p in model.named_parameters():
+            p.requires_grad_(parts is None or _vision_trainable(name, parts, method, default=True))
         return model
     if method.type == "freeze":
-        return _freeze(model, method)
+        return _freeze(model, method, parts)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method.type == "qlora":
@@ -67,12 +77,18 @@ def apply_method(model, method: MethodConfig, family: Optional[Family], gradient
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+    if parts is not None:
+        targets = _image_text_targets(model, lora_targets(method, family), method, parts)
+        to_save = list(method.modules_to_save) + ([parts.projector] if method.train_projector else [])
+    else:
+        targets = _in_last_layers(model, lora_targets(method, family), method.lora_layers)
+        to_save = list(method.modules_to_save)
     config = LoraConfig(
         r=method.rank,
         lora_alpha=method.alpha,
         lora_dropout=method.dropout,
-        target_modules=_in_last_layers(model, lora_targets(method, family), method.lora_layers),
-        modules_to_save=list(method.modules_to_save) or None,
+        target_modules=targets,
+        modules_to_save=to_save or None,
         trainable_token_indices=_token_layers(model, new_token_rows) if new_token_rows else None,
         use_rslora=method.rslora,
         use_dora=method.dora,
@@ -126,7 +142,48 @@ def _in_last_layers(model, targets: Any, last: Optional[int]) -> Any:
     return names
 
 
-def _freeze(model, method: MethodConfig):
+def _vision_trainable(name: str, parts, method: MethodConfig, default: bool) -> bool:
+    """Whether a parameter of an image-text model trains: tower and projector only when asked, the rest `default`."""
+    from ember.models.vision import part_of
+
+    where = part_of(name, parts)
+    if where == "projector":
+        return method.train_projector
+    if where == "tower":
+        return method.train_vision
+    return default
+
+
+def _image_text_targets(model, targets: Any, method: MethodConfig, parts) -> list[str]:
+    """Full names of the Linear modules LoRA adapts in an image-text model: `targets` inside the language model
+    (its last `method.lora_layers` layers when set), plus every Linear of the vision tower with train_vision (the
+    projector, trained whole with train_projector, is left out)."""
+    from ember.models.vision import language_model, part_of
+
+    lm_name, lm = language_model(model, parts)
+    stack, layers = decoder_stack(lm)
+    first = len(layers) - method.lora_layers if method.lora_layers is not None else 0
+    layer_prefix = f"{lm_name}.{stack}."
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        where = part_of(name, parts)
+        if where == "tower" and method.train_vision:
+            names.append(name)
+        elif where == "language":
+            if targets != "all-linear" and not any(name == t or name.endswith("." + t) for t in targets):
+                continue
+            index = name[len(layer_prefix):].split(".")[0] if name.startswith(layer_prefix) else ""
+            if first > 0 and not (index.isdigit() and int(index) >= first):
+                continue
+            names.append(name)
+    if not names:
+        raise ConfigError(f"method.targets={targets!r} matched no module of the language model '{lm_name}'")
+    return names
+
+
+def _freeze(model, method: MethodConfig, parts=None):
     for p in model.parameters():
         p.requires_grad_(False)
     if method.trainable_modules:
@@ -138,10 +195,19 @@ def _freeze(model, method: MethodConfig):
         if hits == 0:
             raise ConfigError(f"method.trainable_modules={method.trainable_modules} matched no parameter")
     else:
-        layers = decoder_layers(model)
+        if parts is not None:
+            from ember.models.vision import language_model
+
+            layers = decoder_layers(language_model(model, parts)[1])
+        else:
+            layers = decoder_layers(model)
         n = min(method.trainable_layers, len(layers))
         for layer in list(layers)[len(layers) - n:]:
             for p in layer.parameters():
+                p.requires_grad_(True)
+    if parts is not None:
+        for name, p in model.named_parameters():
+            if not p.requires_grad and _vision_trainable(name, parts, method, default=False):
                 p.requires_grad_(True)
     return model
 

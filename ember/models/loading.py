@@ -183,14 +183,17 @@ def load_config(cfg: ModelConfig, convert: bool = True):
 
 
 def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = None, vocab_size: Optional[int] = None):
-    """Load (or, with `random_init`, build) a causal LM; `vocab_size` makes a random model fit its tokenizer."""
+    """Load (or, with `random_init`, build) a causal LM, or an image-text model (a config with `vision_config`,
+    through `AutoModelForImageTextToText`); `vocab_size` makes a random model fit its tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from ember.core.hardware import resolve_dtype
+    from ember.models.vision import is_image_text
 
     dtype = dtype or resolve_dtype(cfg.dtype)
     config = load_config(cfg)
+    auto = AutoModelForImageTextToText if is_image_text(config) else AutoModelForCausalLM
     family = detect_family(getattr(config, "model_type", ""), cfg.family)
     kwargs: dict[str, Any] = {}
     if cfg.attn_implementation:
@@ -202,19 +205,19 @@ def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = N
         torch.manual_seed(cfg.seed)
         # Drawn where it will train: on a GPU an 8B model initialises in seconds; on a CPU that takes minutes.
         with torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=_trust(cfg, family),
+            model = auto.from_config(config, dtype=dtype, trust_remote_code=_trust(cfg, family),
                                                      **kwargs)
         if quantization_config is not None:
             # bitsandbytes quantizes while loading weights, so a random model is saved once and loaded back.
             with tempfile.TemporaryDirectory(prefix="ember-random-") as tmp:
                 model.save_pretrained(tmp)
-                model = AutoModelForCausalLM.from_pretrained(
+                model = auto.from_pretrained(
                     tmp, dtype=dtype, quantization_config=quantization_config, device_map=_device_map(),
                     trust_remote_code=_trust(cfg, family), **kwargs,
                 )
     else:
         source = resolve_source(cfg.name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             source,
             config=config,
             dtype=dtype,

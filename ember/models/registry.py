@@ -15,6 +15,17 @@ HERE = Path(__file__).parent
 
 
 @dataclass(frozen=True)
+class VisionParts:
+    """Where an image-text model keeps its parts (module names, matched as whole dotted components) and how its
+    chat text marks an image."""
+
+    tower: str  # the vision encoder
+    projector: str  # what maps its features into the language model (may sit inside the tower)
+    language_model: str  # the decoder that LoRA adapts by default
+    image_text: str  # the text one image stands as in a rendered chat, before the processor expands it
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]
@@ -24,6 +35,7 @@ class Family:
     trust_remote_code: bool = False
     members: tuple[str, ...] = ()
     quirks: dict[str, Any] = field(default_factory=dict)
+    vision: Optional[VisionParts] = None  # set for image-text families
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,6 +51,7 @@ def families() -> dict[str, Family]:
             trust_remote_code=bool(spec.get("trust_remote_code", False)),
             members=tuple(spec.get("members", ())),
             quirks=dict(spec.get("quirks") or {}),
+            vision=VisionParts(**spec["vision"]) if spec.get("vision") else None,
         )
         for name, spec in raw.items()
     }

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.middleware import Middleware
 
 from ember.errors import EmberError
-from ember.inference.completion import Completion, GenerationOptions
+from ember.inference.completion import Completion, GenerationOptions, PromptImages
 from ember.inference.constraints import GrammarCompiler
 from ember.inference.engine import Engine
 from ember.serving import openapi as O
@@ -132,12 +132,13 @@ class Server:
             o = replace(o, top_p=req.top_p)
         return o
 
-    def chat_prompt(self, req: P.ChatCompletionRequest) -> list[int]:
-        """Runs on a worker thread: rendering and tokenizing a long history takes a while."""
+    def chat_prompt(self, req: P.ChatCompletionRequest) -> tuple[list[int], Optional[PromptImages]]:
+        """Runs on a worker thread: rendering and tokenizing a long history takes a while (and images decode).
+        Returns the prompt ids and, for messages with images, the pixel inputs of their prefill."""
         try:
             with self.tokenizing:
-                return self.engine.prompt_ids(req.as_messages())
-        except EmberError as exc:  # the chat template refused these messages (e.g. roles out of order)
+                return self.engine.prompt(req.as_messages())
+        except EmberError as exc:  # the chat template refused these messages (roles out of order, a bad image)
             raise P.APIError(400, str(exc), param="messages") from None
 
     def text_prompts(self, req: P.CompletionRequest) -> tuple[list[list[int]], list[str]]:
@@ -172,10 +173,12 @@ class Server:
 
     # -- running ----------------------------------------------------------------------------------------------
     def submit(self, prompts: list[list[int]], options: GenerationOptions, stream: bool,
-               limits: Optional[list[int]] = None, constraint: Optional[Callable] = None) -> tuple[Job, _Bridge]:
+               limits: Optional[list[int]] = None, constraint: Optional[Callable] = None,
+               images: Optional[PromptImages] = None) -> tuple[Job, _Bridge]:
         bridge = _Bridge(asyncio.get_running_loop())
         job = Job(prompts, options, on_done=bridge.on_done, on_text=bridge.on_text if stream else None,
-                  limits=limits, on_logprobs=bridge.on_logprobs if stream else None, constraint=constraint)
+                  limits=limits, on_logprobs=bridge.on_logprobs if stream else None, constraint=constraint,
+                  images=images)
         self.scheduler.submit(job)
         return job, bridge
 
@@ -290,10 +293,10 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
     async def chat_completions(req: P.ChatCompletionRequest, request: Request):
         server.check_model(req.model)
         server.check_rows(req.n, "n")
-        prompt = await run_in_threadpool(server.chat_prompt, req)
+        prompt, images = await run_in_threadpool(server.chat_prompt, req)
         options = server.options(req, server.limit(len(prompt), req.token_limit, "messages"), req.top_logprobs_wanted)
         constraint = await run_in_threadpool(server.constraint, req)
-        job, bridge = server.submit([prompt] * req.n, options, req.stream, constraint=constraint)
+        job, bridge = server.submit([prompt] * req.n, options, req.stream, constraint=constraint, images=images)
         rid = P.new_id("chatcmpl")
         if req.stream:
             created = int(time.time())

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ember.inference.completion import Completion, GenerationOptions, Row, TokenLogprob
+from ember.inference.completion import Completion, GenerationOptions, PromptImages, Row, TokenLogprob
 from ember.inference.engine import Engine
 from ember.inference.sampling import Constraint, row_seed
 
@@ -40,6 +40,7 @@ class Job:
     limits: Optional[Sequence[int]] = None  # max new tokens per prompt (default: options.max_new_tokens for all)
     on_logprobs: Optional[Callable[[int, list[TokenLogprob]], None]] = None
     constraint: Optional[Callable[[], Constraint]] = None  # makes one constraint per row (e.g. JSON)
+    images: Optional[PromptImages] = None  # the prompts' images (chat with an image-text model: n copies of one prompt)
     submitted: float = field(default_factory=time.monotonic)
 
 
@@ -143,7 +144,7 @@ class BatchScheduler:
         for index, prompt in enumerate(job.prompts):
             limit = job.limits[index] if job.limits else o.max_new_tokens
             row = Row(list(prompt), limit, list(o.stop), on_text=_bind(job.on_text, index), cancel=job.cancel,
-                      on_logprobs=_bind(job.on_logprobs, index))
+                      on_logprobs=_bind(job.on_logprobs, index), images=job.images)
             running.rows.append(row)
             self._owner[id(row)] = (running, index)
             self._decoder.add(row, o, seed=None if o.seed is None else row_seed(o.seed, index),

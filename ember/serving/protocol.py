@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints,
                       WithJsonSchema, field_validator, model_validator)
 
+from ember.data.images import IMAGE_MARKER
 from ember.inference.completion import Completion, TokenLogprob
 
 MAX_CHOICES = 8
@@ -187,30 +188,52 @@ class TextPart(BaseModel):
     text: Text
 
 
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: Text  # a data:image/...;base64 URL: the server fetches nothing
+    detail: Optional[Literal["auto", "low", "high"]] = None  # accepted; the model's processor decides the resolution
+
+
+class ImageUrlPart(BaseModel):
+    """An image for an image-text model, as OpenAI's `image_url` content part."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
 def _text_parts_only(value: Any) -> Any:
     if isinstance(value, list):
         for part in value:
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind is not None and kind != "text":
-                raise ValueError(f"only text parts are supported, got '{kind}'")
+            if kind is not None and kind not in ("text", "image_url"):
+                raise ValueError(f"only text and image_url parts are supported, got '{kind}'")
     return value
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Annotated[Union[Text, list[TextPart], None], BeforeValidator(_text_parts_only)] = None
+    content: Annotated[Union[Text, list[Annotated[Union[TextPart, ImageUrlPart], Field(discriminator="type")]], None],
+                       BeforeValidator(_text_parts_only)] = None
     name: Optional[Text] = None
     tool_calls: _refused("tool_calls in messages", EMPTY_LIST_OR_NULL,
                                    "; send earlier tool results as message text") = None
     function_call: _refused("function_call in messages") = None
 
     def text(self) -> str:
+        """The content as text; each image part stands as an `<image>` marker where it was."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text if part.type == "text" else IMAGE_MARKER for part in self.content)
+
+    def images(self) -> list[bytes]:
+        """The encoded images of the image_url parts (data URLs only), in order."""
+        if not isinstance(self.content, list):
+            return []
+        return [_image(part.image_url.url) for part in self.content if part.type == "image_url"]
 
 
 class JsonSchemaFormat(BaseModel):
@@ -254,9 +277,11 @@ class ChatCompletionRequest(SamplingRequest):
     reasoning_effort: _refused("reasoning_effort") = None
     web_search_options: _refused("web search") = None
 
-    def as_messages(self) -> list[dict[str, str]]:
+    def as_messages(self) -> list[dict[str, Any]]:
+        """Messages for the engine (raises DataError for an image_url that is not a readable data URL)."""
         # `developer` is the newer name OpenAI gives the system role.
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(), "images": m.images()}
+                for m in self.messages]
 
     @property
     def token_limit(self) -> Optional[int]:
@@ -367,3 +392,15 @@ def text_chunk(rid: str, model: str, created: int, index: Optional[int] = None, 
     choices = [] if index is None else [{"index": index, "text": text, "finish_reason": finish_reason,
                                          "logprobs": text_logprobs(logprobs)}]
     return envelope(rid, "text_completion", model, choices, usage_, created)
+
+
+def _image(url: str) -> bytes:
+    from ember.data.images import check_image, decode_data_url
+    from ember.errors import DataError
+
+    if not url.startswith("data:"):
+        raise DataError("request", "image_url", "image_url.url must be a data:image/<type>;base64 URL (the server "
+                                                "fetches no URLs and reads no files)")
+    data = decode_data_url(url)
+    check_image(data, "request", "image_url")
+    return data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ember.config.schema import EmberConfig
 from ember.errors import DataError
@@ -22,6 +22,8 @@ class PreparedData:
     data: ProcessedData
     from_cache: bool
     added_tokens: list[int] = field(default_factory=list)  # ids the chat template added to the tokenizer
+    stage: Any = None  # the stage that trains this data: the configured one, or its image-text form (with_images)
+    processor: Any = None  # an image-text model's processor (holding `tokenizer`), saved with the run
 
 
 def new_token_warning(prepared: PreparedData, cfg: EmberConfig) -> Optional[str]:
@@ -34,7 +36,6 @@ def new_token_warning(prepared: PreparedData, cfg: EmberConfig) -> Optional[str]
             f"({', '.join(names)}): the model never saw them, so their embeddings start untrained. `ember train` "
             "adds them and trains those rows beside a LoRA adapter (method.modules_to_save: [embed_tokens, lm_head] "
             "trains the whole matrices instead); data.template=auto uses the model's own template, which needs none")
-
 
 
 def family_template(cfg: EmberConfig) -> Optional[str]:
@@ -55,6 +56,9 @@ def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True,
     from ember.training.stages import STAGES
 
     stage = STAGES[cfg.stage]
+    images = _image_tokens(cfg, tokenizer) if stage.needs_template else None
+    if images is not None:
+        stage = stage.with_images(images)  # the model family, not the stage name, picks the image path
     renderer = None
     if stage.needs_template:
         fallback = family_template(cfg) if (cfg.data.template == "auto" and not tokenizer.chat_template) else None
@@ -63,6 +67,8 @@ def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True,
         added = list(range(before, len(tokenizer)))
     else:
         added = []
+    if renderer is not None:
+        renderer.images = images
     try:
         data, cached = load_or_process(cfg.data, stage.recipe, tokenizer, renderer, progress)
     except NothingToTrain as empty:
@@ -70,7 +76,18 @@ def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True,
             raise empty.error from None
         save_report(empty.report, report_path)
         raise DataError(empty.error.source, None, f"{empty.error.problem}; the data report is {report_path}") from None
-    return PreparedData(tokenizer, renderer, data, cached, added)
+    return PreparedData(tokenizer, renderer, data, cached, added, stage, images.processor if images else None)
+
+
+def _image_tokens(cfg: EmberConfig, tokenizer):
+    from ember.errors import ConfigError
+    from ember.models.vision import image_tokens_for
+
+    images = image_tokens_for(cfg.model, tokenizer)
+    if images is not None and cfg.data.packing:
+        raise ConfigError("data.packing: batches with images are padded, not packed; set data.packing: false")
+    return images
+
 
 def export_samples(cfg: EmberConfig, out: Path, report_path: Optional[Path] = None) -> tuple[int, Path, list[str]]:
     """`ember data export`: the samples as JSON lines in `out`, and the data report beside it (`OUT.report.json`, or

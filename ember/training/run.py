@@ -84,7 +84,6 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from ember.training import checkpoints
     from ember.training.callbacks import LossPlotCallback
     from ember.training.guard import DivergenceGuard
-    from ember.training.stages import STAGES
 
     validate(cfg)
     if is_main_process():  # a read-only or full output.dir fails now, not after the data and the model
@@ -138,7 +137,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     trainable, total = parameter_counts(model)
     say(describe_parameters(model))
 
-    stage = STAGES[cfg.stage]
+    stage = prepared.stage  # the configured stage, in its image-text form for an image-text model
     metadata = {"config_yaml": config_yaml, "template": _template_record(prepared.renderer, cfg)}
     guard = DivergenceGuard(cfg.train.on_nonfinite, cfg.train.loss_spike_factor, check_grads=not args.fp16)
     trainer = stage.trainer(  # the stage's Trainer (EmberTrainer, or the preference trainer with its reference)
@@ -148,7 +147,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         train_dataset=stage.dataset(prepared.data.train),
         eval_dataset=stage.dataset(prepared.data.eval) if prepared.data.eval else None,
         data_collator=stage.collator(tokenizer, cfg.data.packing),
-        processing_class=tokenizer,
+        processing_class=prepared.processor or tokenizer,  # what checkpoints save: the processor holds the tokenizer
         callbacks=[*([LossPlotCallback()] if cfg.output.plot_loss else []), *callbacks],
         optimizers=(_optimizer(model, args, cfg), None),
         metadata=metadata,
@@ -173,7 +172,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     if prepared.data.eval:
         metrics.update(trainer.evaluate())
     if trainer.is_world_process_zero():
-        write_metadata(out, tokenizer=tokenizer, **metadata)
+        write_metadata(out, tokenizer=prepared.processor or tokenizer, **metadata)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     say(f"saved to {out}  (train loss {metrics.get('train_loss', float('nan')):.4f})")
     return TrainResult(out, metrics, trainable, total)

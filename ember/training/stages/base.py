@@ -35,6 +35,12 @@ class Stage:
             return PackedCollator()
         return PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1)
 
+    def with_images(self, images: Any) -> "Stage":
+        """This stage for an image-text model (`images`: the model's `ember.data.vision.ImageTokens`)."""
+        from ember.errors import ConfigError
+
+        raise ConfigError(f"stage {self.name} trains on text only; an image-text model trains with stage: sft")
+
     def trainer(self, cfg: EmberConfig, **kwargs) -> Any:
         """The `transformers.Trainer` of this stage; `kwargs` are the Trainer's and `EmberTrainer`'s arguments."""
         from ember.training.trainer import EmberTrainer
