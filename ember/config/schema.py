@@ -67,8 +67,9 @@ class DataConfig:
     num_proc: Optional[int] = field(default=None, metadata={"help": (
         "processes for rendering / tokenising; null = the machine's cores (one process for small sets, where "
         "starting workers costs more than it saves)")})
-    max_record_bytes: int = field(default=64 << 20, metadata={"help": (
-        "a record (JSONL line / array item) over this is an error naming its line")})
+    max_record_bytes: int = field(default=8 << 20, metadata={"help": (
+        "a record (JSONL or .txt line, JSON array item) over this many bytes is that record's error, naming its "
+        "line: room for inline images, while 8 MiB of text already takes about a minute to tokenise and fit")})
     cache: bool = field(default=True, metadata={"help": (
         "processed samples are cached, keyed by data files + tokenizer + template + options")})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "default $EMBER_CACHE (or ~/.cache/ember)"})

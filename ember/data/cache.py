@@ -27,7 +27,7 @@ from ember.data.render import Renderer, tokenizer_identity
 from ember.data.report import DataReport
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = "2"  # bump when the processing code changes what it produces
+CACHE_VERSION = "3"  # bump when the processing code changes what it produces (3: nulls absent, record accounting)
 _REPORT = "report.json"
 _FILES = "files.json"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import itertools
 import json
 import re
@@ -15,10 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Optional
 
+from ember.config.schema import DataConfig
 from ember.errors import DataError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
-MAX_RECORD_BYTES = 64 << 20
+MAX_RECORD_BYTES = DataConfig.max_record_bytes
 _CHUNK = 1 << 20
 
 # Each yielded item is (source, record) where record is a dict, or a DataError for a record that could not be read.
@@ -63,22 +65,27 @@ def iter_file(p: Path, max_record_bytes: int = MAX_RECORD_BYTES, progress: Progr
     if suffix not in SUFFIXES:
         raise DataError(str(p), None, f"unsupported file type '{suffix}': expected one of {', '.join(SUFFIXES)}")
     with open(p, "rb") as f:
-        if suffix == ".jsonl" or (suffix == ".json" and not _starts_with_bracket(f)):
+        layout = _json_layout(f) if suffix == ".json" else "lines"
+        if suffix == ".jsonl" or (suffix == ".json" and layout == "lines"):
             yield from _iter_jsonl(p, f, max_record_bytes, tell)  # many ".json" files are really JSON Lines (BELLE)
         elif suffix == ".json":
-            yield from _iter_json_array(p, f, max_record_bytes, tell)
+            yield from _iter_json_array(p, f, max_record_bytes, tell, bracketed=layout == "array")
         elif suffix == ".csv":
             yield from _iter_csv(p, f, max_record_bytes, tell)
         else:
             yield from _iter_txt(p, f, max_record_bytes, tell)
 
 
-def _starts_with_bracket(f: IO[bytes]) -> bool:
+def _json_layout(f: IO[bytes]) -> str:
+    """How a .json file holds its records: "array" (`[{...}, ...]`), "values" (pretty-printed objects one after
+    another, or one: the first line is a lone `{`) or "lines" (JSON Lines)."""
     head = f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()  # editors on Windows save a BOM before the '['
     while not head and (more := f.read(4096)):
         head = more.lstrip()
     f.seek(0)
-    return head.startswith(b"[")
+    if head.startswith(b"["):
+        return "array"
+    return "values" if head.split(b"\n", 1)[0].strip() == b"{" else "lines"
 
 
 def _decode_error(p: Path, data: bytes, exc: UnicodeDecodeError, first_line: int) -> DataError:
@@ -218,9 +225,11 @@ def _value_end(text: str, at: int, depth: int) -> tuple[Optional[int], int, int]
     return None, len(text), depth
 
 
-def _iter_json_array(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[RecordItem]:
-    """Objects of a top-level JSON array, decoded one at a time from a buffer that starts at a line start (so
-    decoder line/column numbers stay right) and never holds more than one record plus a read chunk."""
+def _iter_json_array(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any],
+                     bracketed: bool = True) -> Iterator[RecordItem]:
+    """Objects of a top-level JSON array (or, not `bracketed`, of JSON values one after another), decoded one at a
+    time from a buffer that starts at a line start (so decoder line/column numbers stay right) and never holds more
+    than one record plus a read chunk."""
     blocks = _text_blocks(p, f, tell)
     buffer, line0, pos, done = "", 1, 0, False  # line0: file line number of buffer[0]
 
@@ -235,7 +244,7 @@ def _iter_json_array(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], An
         buffer += block[1]
         return True
 
-    while True:  # find the opening bracket
+    while bracketed:  # find the opening bracket
         at = buffer.find("[")
         if at >= 0:
             pos = at + 1
@@ -251,8 +260,17 @@ def _iter_json_array(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], An
                 break
         line = line0 + buffer.count("\n", 0, pos)
         if pos >= len(buffer):
+            if not bracketed:
+                return
             raise DataError(f"{p}:{line}", None, "invalid JSON: the file ends before the closing ']' (truncated?)")
-        if buffer[pos] == "]":
+        if buffer[pos] == "]" and bracketed:
+            while not buffer[pos + 1:].strip() and more():  # only white space may follow, or records would be lost
+                pass
+            rest = buffer[pos + 1:]
+            if rest.strip():
+                extra = pos + 1 + len(rest) - len(rest.lstrip())
+                raise DataError(f"{p}:{line0 + buffer.count(chr(10), 0, extra)}", None, "invalid JSON: more after the "
+                                "array's closing ']' (two arrays in one file?): join them into one array, or use JSON Lines")
             return
         source = f"{p}:{line}"
         while True:
@@ -279,6 +297,8 @@ def _iter_json_array(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], An
                 break
         if isinstance(record, DataError):
             yield source, record
+        elif end - pos > limit // 4 and (size := len(buffer[pos:end].encode("utf-8", "surrogatepass"))) > limit:
+            yield source, _too_big(source, size, limit)
         elif not isinstance(record, dict):
             yield source, DataError(source, None, f"expected a JSON object, got {type(record).__name__}")
         else:
@@ -294,11 +314,15 @@ def _iter_json_array(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], An
 def _iter_csv(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[RecordItem]:
     # The module's default cell limit (128 KiB) would stop a long answer: cells may be as long as a record may.
     csv.field_size_limit(max(csv.field_size_limit(), limit))
-    reader = csv.DictReader(line for _, text in _text_blocks(p, f, tell) for line in text.splitlines(keepends=True))
+    # Lines end at \n / \r only (newline=""): U+2028 or \x85 inside a cell is text, as a spreadsheet wrote it.
+    # strict: a quote left open runs to the end of the file instead of silently taking the rows after it.
+    reader = csv.DictReader((line for _, text in _text_blocks(p, f, tell) for line in io.StringIO(text, newline="")),
+                            strict=True)
+    start = 1  # a row is named by the line it starts on (quoted newlines make it span several)
     try:
         if reader.fieldnames is None:  # an empty file (reading the header also makes line_num count from row 1)
             return
-        start = reader.line_num + 1  # a row is named by the line it starts on (quoted newlines make it span several)
+        start = reader.line_num + 1
         for row in reader:
             source = f"{p}:{start}"
             start = reader.line_num + 1
@@ -308,7 +332,7 @@ def _iter_csv(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> 
             # a short row leaves its last cells None: absent, as a null is (`absent_nulls`)
             yield source, {k: v for k, v in row.items() if v is not None}
     except csv.Error as exc:  # the reader cannot find the next row after this: stop, whatever on_error says
-        raise DataError(f"{p}:{reader.line_num}", None, f"invalid CSV: {exc}") from None
+        raise DataError(f"{p}:{start}", None, f"invalid CSV: {exc}") from None
 
 
 def _iter_txt(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[RecordItem]:

@@ -52,15 +52,17 @@ def detect_format(record: dict[str, Any]) -> str:
     )
 
 
-def _require(record: dict[str, Any], key: str, source: str, kind: type | tuple = str) -> Any:
+def _require(record: dict[str, Any], key: str, source: str, kind: type | tuple = str, within: str = "") -> Any:
+    """record[key], of type `kind`; `within` is the field path of `record` inside the whole record (error messages)."""
+    field = f"{within}.{key}" if within else key
     if key not in record:
         close = difflib.get_close_matches(key, [str(k) for k in record], n=1)
         hint = f" (found '{close[0]}': misspelt?)" if close else f"; the record has {sorted(record)}"
-        raise DataError(source, key, f"missing required field{hint}")
+        raise DataError(source, field, f"missing required field{hint}")
     value = record[key]
     if not isinstance(value, kind):
         want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise DataError(source, key, f"expected {want}, got {type(value).__name__}")
+        raise DataError(source, field, f"expected {want}, got {type(value).__name__}")
     return value
 
 
@@ -108,8 +110,8 @@ def from_sharegpt(record: dict[str, Any], source: str, columns: dict[str, str]) 
         field = f"conversations[{i}]"
         if not isinstance(turn, dict):
             raise DataError(source, field, f"expected an object with from/value, got {type(turn).__name__}")
-        speaker = _require(turn, "from", source + f" ({field})")
-        value = _require(turn, "value", source + f" ({field})")
+        speaker = _require(turn, "from", source, within=field)
+        value = _require(turn, "value", source, within=field)
         role = SHAREGPT_ROLES.get(str(speaker).lower())
         if role is None:
             raise DataError(source, f"{field}.from", f"unknown speaker '{speaker}': expected one of {sorted(SHAREGPT_ROLES)}")
@@ -144,7 +146,7 @@ def from_openai(record: dict[str, Any], source: str, columns: dict[str, str]) ->
                 close = difflib.get_close_matches(key, sorted(MESSAGE_KEYS), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; expected {sorted(MESSAGE_KEYS)}"
                 raise DataError(source, f"{field}.{key}", f"unknown field{hint}")
-        role = _require(m, "role", f"{source}", str)
+        role = _require(m, "role", source, str, within=field)
         role = OPENAI_ROLES.get(role, role)
         content = m.get("content")
         calls = normalize_calls(m.get("tool_calls"), source, f"{field}.tool_calls")
@@ -177,8 +179,8 @@ def from_firefly(record: dict[str, Any], source: str, columns: dict[str, str]) -
         field = f"conversation[{i}]"
         if not isinstance(turn, dict):
             raise DataError(source, field, "expected an object with human/assistant")
-        msgs.append(Message("user", _require(turn, "human", f"{source} ({field})")))
-        msgs.append(Message("assistant", _require(turn, "assistant", f"{source} ({field})")))
+        msgs.append(Message("user", _require(turn, "human", source, within=field)))
+        msgs.append(Message("assistant", _require(turn, "assistant", source, within=field)))
     return Conversation(msgs, source, meta={k: record[k] for k in ("category", "conversation_id") if k in record})
 
 
@@ -193,8 +195,9 @@ def from_moss(record: dict[str, Any], source: str, columns: dict[str, str]) -> C
         turn = chat.get(f"turn_{i}")
         if not isinstance(turn, dict):
             raise DataError(source, f"chat.turn_{i}", "missing turn (turns must be numbered turn_1, turn_2, ...)")
-        msgs.append(Message("user", _strip_moss(_require(turn, "Human", source), "<|Human|>:", "<eoh>")))
-        msgs.append(Message("assistant", _strip_moss(_require(turn, "MOSS", source), "<|MOSS|>:", "<eom>")))
+        where = f"chat.turn_{i}"
+        msgs.append(Message("user", _strip_moss(_require(turn, "Human", source, within=where), "<|Human|>:", "<eoh>")))
+        msgs.append(Message("assistant", _strip_moss(_require(turn, "MOSS", source, within=where), "<|MOSS|>:", "<eom>")))
     return Conversation(msgs, source, meta={"category": record.get("category")})
 
 

@@ -89,8 +89,9 @@ def read_dataset(spec: DatasetSpec, data: DataConfig, recipe: Recipe, report: Da
     return kept
 
 
-def _select(data: DataConfig, counts: list[int]) -> tuple[list[int], list[int]]:
-    """Row numbers (into the records of all entries, in order) of the train and eval records."""
+def _select(data: DataConfig, counts: list[int], report: DataReport) -> tuple[list[int], list[int]]:
+    """Row numbers (into the records of all entries, in order) of the train and eval records; the report counts the
+    records that samples / ratio leave out or draw again."""
     rng = random.Random(data.seed)
     train: list[int] = []
     held: list[int] = []
@@ -103,6 +104,8 @@ def _select(data: DataConfig, counts: list[int]) -> tuple[list[int], list[int]]:
             rng.shuffle(rows)
             full, rest = divmod(want, len(rows)) if rows else (0, 0)
             rows = rows * full + rows[:rest]  # ratio > 1 repeats the whole set, then a shuffled part
+            report.not_sampled += max(0, count - len(rows))
+            report.repeated += max(0, len(rows) - count)
         (held if spec.split == "eval" else train).extend(rows)
     if data.shuffle:
         rng.shuffle(train)
@@ -150,7 +153,7 @@ def load_records(data: DataConfig, recipe: Recipe, report: DataReport) -> Record
     with tempfile.TemporaryDirectory(prefix="ember-records-") as tmp:
         paths, counts = _read_all(data, recipe, report, Path(tmp), progress=False)
         table = read_table(paths, recipe.record_schema)
-        train, held = _select(data, counts)
+        train, held = _select(data, counts, report)
         take = lambda rows: [recipe.row_record(r) for r in table.take(rows).to_pylist()] if rows else []  # noqa: E731
         out = Records(take(train), take(held))
         del table
@@ -231,7 +234,7 @@ def process(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optional[Rend
     for warning in tokenizer_warnings(tokenizer):
         report.warn(warning)
     record_paths, counts = _read_all(data, recipe, report, out_dir, progress)
-    train_rows, eval_rows = _select(data, counts)
+    train_rows, eval_rows = _select(data, counts, report)
     ctx = EncodeContext(tokenizer, renderer, data)
     train_report, eval_report = DataReport(), DataReport()
     train_files = _encode(train_rows, "train", recipe, ctx, record_paths, out_dir, train_report, progress)

@@ -157,10 +157,20 @@ def skip_summary(report: DataReport, first: int = 5) -> list[str]:
         lines.append(f"dropped {report.dropped_too_long} record(s) longer than max_length")
     if report.dropped_nothing_to_train:
         lines.append(f"dropped {report.dropped_nothing_to_train} record(s) with nothing to train")
+    for count, why in ((report.dropped_identical_pairs, "whose two answers are identical"),
+                       (report.dropped_empty_answers, "with an empty answer"),
+                       (report.dropped_empty_text, "with no text"),
+                       (report.not_sampled, "left out by samples / ratio")):
+        if count:
+            lines.append(f"dropped {count} record(s) {why}")
     lines += [f"  {r['source']}: {r['reason']}" for r in report.skipped_records[:first]]
     more = len(report.skipped_records) - first
     if more > 0:
         lines.append(f"  … {more} more in the data report")
+    if lines:
+        repeated = f" + {report.repeated} drawn again" if report.repeated else ""
+        lines.append(f"records: {report.read} read{repeated} = {report.kept_records} kept + {skipped} skipped + "
+                     f"{report.dropped} dropped")
     return lines
 
 

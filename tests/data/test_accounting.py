@@ -118,3 +118,15 @@ def test_a_final_save_that_fails_stops_with_a_message(tiny_run_config, tmp_path,
         "device; no complete checkpoint exists. Free space (or fix the permissions) and run again"
     )
     assert info.value.exit_code == 3
+
+
+def test_samples_and_ratio_are_accounted_for(write, make_config, prepare):
+    a = write("a.jsonl", [GOOD] * 3)
+    b = write("b.jsonl", [GOOD, GOOD, {"messages": 3}])
+    report = prepare(make_config([{"path": str(a), "samples": 2}, {"path": str(b), "ratio": 2.5}],
+                                 on_error="skip")).data.report
+    # a: 1 of 3 left out; b: 2 valid records drawn 5 times (3 more), 1 skipped
+    assert (report.read, report.not_sampled, report.repeated) == (6, 1, 3)
+    assert (report.kept_records, sum(report.skipped.values()), report.dropped) == (7, 1, 1)
+    assert report.read + report.repeated == report.kept_records + sum(report.skipped.values()) + report.dropped
+    assert report.kept == 7

@@ -107,7 +107,8 @@ def test_dotted_overrides(capsys, config_file, tmp_path, renderer):
     assert short < long
     code, out, _ = _run(capsys, "data", "export", cfg, "--out", str(out_file), f"data.max_length={short}", "data.truncation=drop")
     assert (code, out) == (0, f"dropped 1 record(s) longer than max_length\n  {tmp_path / 'chat.jsonl'}:2: longer than "
-                              f"max_length={short}\nwrote 1 samples to {out_file} (data report: {out_file}.report.json)\n")
+                              f"max_length={short}\nrecords: 2 read = 1 kept + 0 skipped + 1 dropped\n"
+                              f"wrote 1 samples to {out_file} (data report: {out_file}.report.json)\n")
 
 
 def test_unknown_config_key_names_the_closest(capsys, config_file):
