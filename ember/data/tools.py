@@ -168,11 +168,12 @@ def _clip(text: str, n: int = 60) -> str:
 
 # -- the text form -----------------------------------------------------------------------------------------------
 def call_json(call: dict[str, Any]) -> str:
-    """`{"name": ..., "arguments": {...}}` as one line (json.dumps separators, as a template's `tojson` writes)."""
+    """`{"name": ..., "arguments": {...}}` as one line (json.dumps separators, as a template's `tojson` writes).
+    Arguments given as a string (OpenAI's wire form) are written as that string, as templates do."""
     function = call.get("function", call)
     arguments = function.get("arguments", {})
     if isinstance(arguments, str):
-        arguments = json.loads(arguments) if arguments.strip() else {}
+        return f'{{"name": {json.dumps(function["name"], ensure_ascii=False)}, "arguments": {arguments or "{}"}}}'
     return json.dumps({"name": function["name"], "arguments": arguments}, ensure_ascii=False)
 
 

@@ -58,6 +58,26 @@ class GrammarCompiler:
         return JsonGrammar(tokenizer, grammar)
 
 
+    def lark(self, grammar: str) -> "JsonGrammar":
+        """A grammar in llguidance's Lark syntax, e.g. fixed text around JSON (`%json {schema}`), as a forced tool
+        call (ember.serving.tools) is.
+
+        Raises:
+            ConfigError: llguidance cannot compile it (the message says why).
+        """
+        import llguidance
+
+        tokenizer = self._ll()
+        try:
+            compiled = llguidance.LLMatcher.grammar_from_lark(grammar)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"the grammar cannot be used: {exc}") from None
+        probe = llguidance.LLMatcher(tokenizer, compiled, log_level=0)
+        if probe.is_error():
+            raise ConfigError(f"the grammar cannot be used: {probe.get_error()}")
+        return JsonGrammar(tokenizer, compiled)
+
+
 class JsonGrammar:
     """A compiled grammar; `constraint()` makes the per-row state (each row walks the grammar on its own)."""
 

@@ -25,8 +25,10 @@ __all__ = ["Completion", "Engine", "GenerationOptions", "as_messages", "load_gen
 
 
 def as_messages(messages: Sequence[Message | dict]) -> list[Message]:
-    """`Message`s from dicts with role and content (and `images`: encoded image files, one per `<image>` marker)."""
-    return [m if isinstance(m, Message) else Message(m["role"], m.get("content") or "", images=m.get("images") or None)
+    """`Message`s from dicts with role and content (and `images`: encoded image files, one per `<image>` marker;
+    `tool_calls`: an assistant turn's calls in ember.data.tools' shape)."""
+    return [m if isinstance(m, Message) else Message(m["role"], m.get("content") or "", images=m.get("images") or None,
+                                                     tool_calls=m.get("tool_calls") or None)
             for m in messages]
 
 
@@ -120,18 +122,20 @@ class Engine:
             return run_rows(self.decoder(), rows, options)
 
     def generate_batch(self, conversations: Sequence[Sequence[Message | dict]],
-                       options: Optional[GenerationOptions] = None) -> list[Completion]:
+                       options: Optional[GenerationOptions] = None, tools=None) -> list[Completion]:
         """Answer each conversation; each answer is what generating that conversation alone would give (greedy).
 
         Args:
             conversations: message lists (dicts or `Message`); the run's default system prompt is added.
             options: generation settings (default: greedy, 256 new tokens).
+            tools: tool schemas (ember.data.tools' shape) every prompt shows; read calls back with
+                `ember.data.tools.parse_tool_calls`.
 
         Returns:
             One `Completion` per conversation (text without the stop token, cut at the first stop string).
         """
         options = options or GenerationOptions()
-        prompts = [self.prompt(c) for c in conversations]
+        prompts = [self.prompt(c, tools) for c in conversations]
         if options.num_beams != 1:
             if any(images for _, images in prompts):
                 raise ValueError("beam search does not take images: use num_beams=1")
@@ -139,20 +143,22 @@ class Engine:
         return self.generate_rows([Row(ids, options.max_new_tokens, list(options.stop), images=images)
                                    for ids, images in prompts], options)
 
-    def generate(self, messages: Sequence[Message | dict], options: Optional[GenerationOptions] = None) -> Completion:
+    def generate(self, messages: Sequence[Message | dict], options: Optional[GenerationOptions] = None,
+                 tools=None) -> Completion:
         """Answer one conversation.
 
         Args:
             messages: the history (dicts with role/content or `Message`), rendered as training rendered it.
             options: generation settings (default: greedy, 256 new tokens).
+            tools: tool schemas the prompt shows (as `generate_batch`).
 
         Returns:
             The `Completion`: text (stop token dropped, cut at the first stop string), token counts, finish reason.
         """
-        return self.generate_batch([messages], options)[0]
+        return self.generate_batch([messages], options, tools)[0]
 
     def stream(self, messages: Sequence[Message | dict], options: Optional[GenerationOptions] = None,
-               cancel: Optional[threading.Event] = None) -> Iterator[str]:
+               cancel: Optional[threading.Event] = None, tools=None) -> Iterator[str]:
         """Yield text pieces as they are generated; setting `cancel` stops generation at the next token.
 
         The pieces join to exactly `generate(...).text`: both are the same decoding loop, whose rows hold back
@@ -160,10 +166,10 @@ class Engine:
         """
         options = options or GenerationOptions()
         if options.num_beams != 1:  # beam search cannot stream: its best row is only known at the end
-            yield self.generate(messages, options).text
+            yield self.generate(messages, options, tools).text
             return
         pieces: queue.Queue = queue.Queue()
-        ids, images = self.prompt(messages)
+        ids, images = self.prompt(messages, tools)
         row = Row(ids, options.max_new_tokens, list(options.stop), on_text=pieces.put,
                   cancel=cancel or threading.Event(), images=images)
         finished = object()

@@ -37,6 +37,7 @@ from ember.serving import openapi as O
 from ember.serving import protocol as P
 from ember.serving.batching import BatchScheduler, Job
 from ember.serving.errors import BodyLimit, CatchAll, install_error_handlers
+from ember.serving.tools import ChoiceCalls, ToolMode, call_grammar, tool_mode, with_tool_calls
 
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -132,12 +133,20 @@ class Server:
             o = replace(o, top_p=req.top_p)
         return o
 
-    def chat_prompt(self, req: P.ChatCompletionRequest) -> tuple[list[int], Optional[PromptImages]]:
+    def tool_mode(self, req: P.ChatCompletionRequest) -> ToolMode:
+        """What the request's tools change (ember.serving.tools); 400 when the model cannot serve them."""
+        try:
+            return tool_mode(req.tools, req.tool_choice, req.parallel_tool_calls, self.engine.renderer.tool_call_format)
+        except ValueError as exc:
+            raise P.APIError(400, str(exc), param="tools") from None
+
+    def chat_prompt(self, req: P.ChatCompletionRequest, tools: Optional[list[dict]] = None
+                    ) -> tuple[list[int], Optional[PromptImages]]:
         """Runs on a worker thread: rendering and tokenizing a long history takes a while (and images decode).
         Returns the prompt ids and, for messages with images, the pixel inputs of their prefill."""
         try:
             with self.tokenizing:
-                return self.engine.prompt(req.as_messages())
+                return self.engine.prompt(req.as_messages(), tools)
         except EmberError as exc:  # the chat template refused these messages (roles out of order, a bad image)
             raise P.APIError(400, str(exc), param="messages") from None
 
@@ -160,9 +169,18 @@ class Server:
                 texts.append(text)
         return ids, texts
 
-    def constraint(self, req: P.SamplingRequest) -> Optional[Callable]:
-        """The per-row JSON constraint `response_format` asks for (compiled on a worker thread)."""
+    def constraint(self, req: P.SamplingRequest, tools: Optional[ToolMode] = None) -> Optional[Callable]:
+        """The per-row constraint `response_format` (JSON) or a forced tool call asks for (compiled on a worker
+        thread)."""
         fmt = getattr(req, "response_format", None)
+        if tools is not None and tools.forced:
+            if fmt is not None and fmt.type != "text":
+                raise P.APIError(400, "tool_choice forces a tool call and response_format asks for a JSON answer: "
+                                 "send one of them", param="tool_choice")
+            try:
+                return self.grammars.lark(call_grammar(tools)).constraint
+            except EmberError as exc:
+                raise P.APIError(400, f"the tools' parameters cannot constrain a call: {exc}", param="tools") from None
         if fmt is None or fmt.type == "text":
             return None
         schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
@@ -200,10 +218,11 @@ class Server:
         finally:
             job.cancel.set()  # a no-op once done; stops the rows if this handler is cancelled
 
-    async def events(self, job: Job, bridge: _Bridge, chunk, first: list[dict], usage_prompt: Optional[int]
-                     ) -> AsyncIterator[str]:
+    async def events(self, job: Job, bridge: _Bridge, chunk, first: list[dict], usage_prompt: Optional[int],
+                     calls: Optional[list[ChoiceCalls]] = None) -> AsyncIterator[str]:
         """SSE lines for a streaming job; `chunk(index=..., **fields)` builds one event's payload; `first[i]` is
-        what choice i's first chunk carries (chat: the role; completions with echo: the prompt text)."""
+        what choice i's first chunk carries (chat: the role; completions with echo: the prompt text); `calls[i]`
+        reads choice i's answer for tool calls (text from a `<tool_call>` on is held until the answer ends)."""
         pending: dict[int, list] = {}
         try:
             for index, fields in enumerate(first):
@@ -215,13 +234,22 @@ class Server:
                     pending.setdefault(a, []).extend(b)
                     continue
                 if kind == "text":
+                    if calls is not None and not (b := calls[a].feed(b)):
+                        continue  # held; its logprobs go with the next chunk sent
                     yield _sse(chunk(index=a, logprobs=pending.pop(a, None), **_delta(chunk, b)))
                     continue
                 if isinstance(a, BaseException):
                     yield _sse(P.error_body("Generation failed; the server log has the details.", type="server_error"))
                     break
                 for index, c in enumerate(a):
-                    yield _sse(chunk(index=index, finish_reason=c.finish_reason, logprobs=pending.pop(index, None),
+                    reason = c.finish_reason
+                    if calls is not None:
+                        rest, deltas, reason = calls[index].finish(reason)
+                        if rest:
+                            yield _sse(chunk(index=index, logprobs=pending.pop(index, None), **_delta(chunk, rest)))
+                        for delta in deltas:
+                            yield _sse(chunk(index=index, delta=delta))
+                    yield _sse(chunk(index=index, finish_reason=reason, logprobs=pending.pop(index, None),
                                      **_delta(chunk, None)))
                 if usage_prompt is not None:
                     yield _sse(chunk(usage_=P.usage(a, usage_prompt)))
@@ -293,9 +321,10 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
     async def chat_completions(req: P.ChatCompletionRequest, request: Request):
         server.check_model(req.model)
         server.check_rows(req.n, "n")
-        prompt, images = await run_in_threadpool(server.chat_prompt, req)
+        tools = server.tool_mode(req)
+        prompt, images = await run_in_threadpool(server.chat_prompt, req, tools.tools)
         options = server.options(req, server.limit(len(prompt), req.token_limit, "messages"), req.top_logprobs_wanted)
-        constraint = await run_in_threadpool(server.constraint, req)
+        constraint = await run_in_threadpool(server.constraint, req, tools)
         job, bridge = server.submit([prompt] * req.n, options, req.stream, constraint=constraint, images=images)
         rid = P.new_id("chatcmpl")
         if req.stream:
@@ -303,10 +332,12 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
             chunk = _chunker(lambda **kw: P.chat_chunk(rid, model_name, created, **kw), chat=True)
             first = [{"delta": {"role": "assistant", "content": ""}}] * req.n
             usage_prompt = len(prompt) if req.include_usage else None
-            return StreamingResponse(server.events(job, bridge, chunk, first, usage_prompt),
+            calls = [ChoiceCalls() for _ in range(req.n)] if tools.parse else None
+            return StreamingResponse(server.events(job, bridge, chunk, first, usage_prompt, calls),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
         completions = await server.result(job, bridge, request)
-        return P.chat_response(rid, model_name, completions, len(prompt))
+        body = P.chat_response(rid, model_name, completions, len(prompt))
+        return with_tool_calls(body, [c.text for c in completions]) if tools.parse else body
 
     @v1.post("/completions", response_model=None, responses=O.generation_responses(O.TextCompletion))
     async def completions(req: P.CompletionRequest, request: Request):

@@ -47,12 +47,26 @@ class ChatLogprobs(BaseModel):
     refusal: None = None
 
 
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str  # a JSON object, written as a string
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(BaseModel):
+    """`content` is null only when the answer is tool calls with no text before them."""
+
     role: Literal["assistant"]
-    content: str
+    content: Optional[str]
+    tool_calls: Optional[list[ToolCall]] = None  # present when the request had tools and the answer called them
 
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
 class ChatChoice(BaseModel):
@@ -64,7 +78,8 @@ class ChatChoice(BaseModel):
 
 class ChatCompletion(BaseModel):
     """`stream: false`. With `stream: true` the body is `text/event-stream`: `data: {chat.completion.chunk}` lines
-    (deltas of `role` then `content`, one chunk per choice with its `finish_reason`, with
+    (deltas of `role` then `content` — with tools, then `tool_calls` deltas: `{index, id, type, function: {name,
+    arguments: ""}}` and `{index, function: {arguments}}` per call — one chunk per choice with its `finish_reason`, with
     `stream_options.include_usage` a last chunk with `usage` and no choices), then `data: [DONE]`."""
 
     id: str

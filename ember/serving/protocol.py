@@ -5,8 +5,8 @@ them is true: a request that fits the schema is answered, except where the answe
 + `max_tokens` over the context, token ids or `logit_bias` keys outside the vocabulary, an unknown `model`, a
 JSON schema the constraint library rejects, more rows than one request may hold) — those are the documented 400s
 and 404s. Unknown extra fields are ignored, as most OpenAI-compatible servers do; known fields that would change
-the answer and that Ember does not implement (tools, function calls, audio, `best_of` > 1, `suffix`, ...) admit
-only their "off" value, and anything else is refused with a 400 that names the field.
+the answer and that Ember does not implement (the legacy `functions`, audio, `best_of` > 1, `suffix`, ...) admit
+only their "off" value, and anything else is refused with a 400 that names the field. Tools: `ember.serving.tools`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import uuid
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints,
-                      WithJsonSchema, field_validator, model_validator)
+                      ValidationInfo, WithJsonSchema, field_validator, model_validator)
 
 from ember.data.images import IMAGE_MARKER
 from ember.inference.completion import Completion, TokenLogprob
+from ember.serving.tools import MAX_TOOLS, Tool, ToolCallIn, ToolChoice, check_choice
 
 MAX_CHOICES = 8
 MAX_STOP = 4
@@ -217,9 +218,9 @@ class ChatMessage(BaseModel):
     content: Annotated[Union[Text, list[Annotated[Union[TextPart, ImageUrlPart], Field(discriminator="type")]], None],
                        BeforeValidator(_text_parts_only)] = None
     name: Optional[Text] = None
-    tool_calls: _refused("tool_calls in messages", EMPTY_LIST_OR_NULL,
-                                   "; send earlier tool results as message text") = None
-    function_call: _refused("function_call in messages") = None
+    tool_calls: Optional[list[ToolCallIn]] = None  # an assistant turn's calls (ignored on other roles)
+    tool_call_id: Optional[Text] = None
+    function_call: _refused("function_call in messages", hint="; send tool_calls") = None
 
     def text(self) -> str:
         """The content as text; each image part stands as an `<image>` marker where it was."""
@@ -266,8 +267,8 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: Optional[ResponseFormat] = None
-    tools: _refused("tools", EMPTY_LIST_OR_NULL, " yet; describe them in a system message") = None
-    tool_choice: Optional[Literal["none", "auto"]] = None
+    tools: Optional[list[Tool]] = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice = None
     parallel_tool_calls: Optional[bool] = None
     functions: _refused("functions", EMPTY_LIST_OR_NULL) = None
     function_call: Optional[Literal["none", "auto"]] = None
@@ -280,8 +281,15 @@ class ChatCompletionRequest(SamplingRequest):
     def as_messages(self) -> list[dict[str, Any]]:
         """Messages for the engine (raises DataError for an image_url that is not a readable data URL)."""
         # `developer` is the newer name OpenAI gives the system role.
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(), "images": m.images()}
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(), "images": m.images(),
+                 "tool_calls": [c.canonical() for c in m.tool_calls or ()] if m.role == "assistant" else None}
                 for m in self.messages]
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _names_a_tool(cls, value, info: ValidationInfo):
+        check_choice(info.data.get("tools"), value)
+        return value
 
     @property
     def token_limit(self) -> Optional[int]:

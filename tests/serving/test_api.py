@@ -156,7 +156,7 @@ def test_bad_json_is_400_with_openai_error_body(api):
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]},
      "messages.0.content"),
     ({"presence_penalty": 3.0}, "presence_penalty"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools.0.function.name"),
 ])
 def test_invalid_parameters_are_400(api, body, param):
     r = httpx.post(f"{api.url}/v1/chat/completions", headers=auth(),

@@ -81,9 +81,9 @@ def test_deeply_nested_json_is_400(api):
 # -- answer-changing fields: implemented or refused ---------------------------------------------------------------
 @pytest.mark.parametrize("fields, param", [
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
-    ({"tools": [{}]}, "tools"),
+    ({"tools": [{}]}, "tools.0.type"),
     ({"functions": [{"name": "f"}]}, "functions"),
-    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": "always"}, "tool_choice"),  # tests/serving/test_tools.py has the rest
     ({"function_call": {"name": "f"}}, "function_call"),
     ({"best_of": 2}, "best_of"),
     ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
@@ -179,7 +179,7 @@ def test_greedy_answers_are_unchanged_by_sampled_requests_beside_them(api, clien
 def test_an_internal_error_is_one_log_line_a_plain_500_and_the_connection_stays(api, monkeypatch, caplog):
     server = api.app.state.server
 
-    def broken(req):
+    def broken(req, tools=None):
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(server, "chat_prompt", broken)
