@@ -32,8 +32,8 @@ from ember.data.preference import (KTO_RECORD_SCHEMA, PAIR_RECORD_SCHEMA, KTOExa
                                    row_kto, row_pair)
 from ember.data.preference_samples import (KTO_SAMPLE_SCHEMA, PAIR_SAMPLE_SCHEMA, KTOSample, KTOSamples, PairSample,
                                            PairSamples, kto_sample_row, pair_sample_row)
-from ember.data.recipes import EncodeContext, Recipe
-from ember.data.render import Encoded, Renderer
+from ember.data.recipes import EncodeContext, Recipe, record_error
+from ember.data.render import Encoded, RenderError, Renderer
 from ember.data.report import DataReport
 from ember.data.truncation import LOST_ROUNDS, LOST_TOO_LONG
 from ember.errors import DataError
@@ -212,8 +212,12 @@ class PairRecipe(Recipe):
                 report.dropped_empty_answers += 1
                 _skip(report, pair.source, f"empty {side} answer")
                 return None
-        fitted, total, lost, why = fit_answers(ctx.renderer, pair.prompt, [pair.chosen, pair.rejected], pair.source,
-                                               pair.tools, ctx.data)
+        try:
+            fitted, total, lost, why = fit_answers(ctx.renderer, pair.prompt, [pair.chosen, pair.rejected],
+                                                   pair.source, pair.tools, ctx.data)
+        except (RenderError, RecursionError) as exc:  # the template refuses this pair: its error, not the run's
+            record_error(pair.source, exc, ctx.data, report)
+            return None
         report.count_answers(total, lost)
         if fitted is None:
             if why == BOUNDARY:
@@ -268,8 +272,12 @@ class KTORecipe(Recipe):
                 report.dropped_empty_answers += 1
                 _skip(report, example.source, "empty answer")
                 continue
-            fitted, total, lost, why = fit_answers(ctx.renderer, example.prompt, [example.completion],
-                                                   example.source, example.tools, ctx.data)
+            try:
+                fitted, total, lost, why = fit_answers(ctx.renderer, example.prompt, [example.completion],
+                                                       example.source, example.tools, ctx.data)
+            except (RenderError, RecursionError) as exc:  # the template refuses this example: its error
+                record_error(example.source, exc, ctx.data, report)
+                continue
             report.count_answers(total, lost)
             if fitted is None:
                 if why == BOUNDARY:

@@ -122,7 +122,7 @@ class ChatRecipe(Recipe):
                 try:  # fitting renders shortened conversations, which the template may refuse too
                     fitted = fit_samples(renderer, conv, enc, self.truncation(conv, data), data.max_length, data.mask)
                 except (RenderError, RecursionError) as exc:
-                    _record_error(conv, exc, data, report)
+                    record_error(conv.source, exc, data, report)
                     continue
                 report.count_answers(fitted.answer_tokens, fitted.lost)
                 if not fitted.samples:
@@ -160,13 +160,14 @@ def _encode_each(renderer: Renderer, convs: Sequence[Conversation], data: DataCo
         try:
             out.append((conv, renderer.encode(conv, data.mask)))
         except (RenderError, RecursionError) as exc:
-            _record_error(conv, exc, data, report)
+            record_error(conv.source, exc, data, report)
     return out
 
 
-def _record_error(conv: Conversation, exc: Exception, data: DataConfig, report: DataReport) -> None:
-    """A conversation the template could not render: raise its DataError (strict) or count it as skipped."""
-    error = DataError(conv.source, None, str(exc) if isinstance(exc, RenderError) else
+def record_error(source: str, exc: Exception, data: DataConfig, report: DataReport) -> None:
+    """A record the chat template could not render (`exc`: a RenderError or RecursionError): raise its DataError
+    (strict) or count it as skipped."""
+    error = DataError(source, None, str(exc) if isinstance(exc, RenderError) else
                       "nested too deeply for the chat template to render")
     if data.on_error == "strict":
         raise error from None

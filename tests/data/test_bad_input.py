@@ -299,13 +299,18 @@ def test_a_short_csv_row_leaves_its_missing_cells_absent(write, make_config, pre
     assert [s.source for s in prepare(make_config([{"path": str(path)}])).data.train] == [f"{path}:2"]
 
 
-def test_a_template_error_caused_by_one_record_is_that_records_error(write, make_config, prepare, tmp_path):
+def _picky_template(tmp_path):
     template = tmp_path / "picky.jinja"
     template.write_text(
         "{%- for m in messages %}{% if 'FORBIDDEN' in m['content'] %}"
         "{{ raise_exception('the word FORBIDDEN is not allowed') }}{% endif %}"
         "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
         "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}", encoding="utf-8")
+    return template
+
+
+def test_a_template_error_caused_by_one_record_is_that_records_error(write, make_config, prepare, tmp_path):
+    template = _picky_template(tmp_path)
     path = write("picky.jsonl", [GOOD[0], _chat("say FORBIDDEN", "no"), GOOD[1]])
     config = lambda on_error: make_config([{"path": str(path)}], template=str(template), on_error=on_error)  # noqa: E731
     assert _error(prepare, config("strict")) == (
@@ -317,3 +322,22 @@ def test_a_template_error_caused_by_one_record_is_that_records_error(write, make
         {"source": f"{path}:2", "reason": "chat template 'picky' failed to render: the word FORBIDDEN is not allowed"}
     ]
     assert prepared.data.report.skipped == {"chat template 'picky' failed to render": 1}
+
+
+@pytest.mark.parametrize(("stage", "records"), [
+    ("dpo", [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "FORBIDDEN?", "chosen": "a", "rejected": "b"},
+             {"prompt": "q", "chosen": "c", "rejected": "d"}]),
+    ("kto", [{**_chat("q", "a"), "label": True}, {**_chat("q", "FORBIDDEN"), "label": False},
+             {**_chat("q", "b"), "label": False}]),
+])
+def test_a_template_error_is_that_records_error_in_preference_stages(write, make_config, prepare, tmp_path, stage,
+                                                                     records):
+    path = write("picky.jsonl", records)
+    config = lambda on_error: make_config([{"path": str(path)}], stage=stage, template=str(_picky_template(tmp_path)),  # noqa: E731
+                                          on_error=on_error)
+    assert _error(prepare, config("strict")) == (
+        f"{path}:2: chat template 'picky' failed to render: the word FORBIDDEN is not allowed"
+    )
+    report = prepare(config("skip")).data.report
+    assert [r["source"] for r in report.skipped_records] == [f"{path}:2"]
+    assert (report.read, report.kept_records, sum(report.skipped.values())) == (3, 2, 1)
