@@ -84,6 +84,9 @@ def _image_tokens(cfg: EmberConfig, tokenizer):
     from ember.models.vision import image_tokens_for
 
     images = image_tokens_for(cfg.model, tokenizer)
+    if images is None and (cfg.method.train_vision or cfg.method.train_projector):
+        raise ConfigError(f"method.train_vision / method.train_projector: {cfg.model.name_or_path} is a text-only model "
+                          "(its config has no vision_config); set them to false")
     if images is not None and cfg.data.packing:
         raise ConfigError("data.packing: batches with images are padded, not packed; set data.packing: false")
     return images

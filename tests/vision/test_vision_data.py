@@ -144,3 +144,11 @@ def test_packing_is_refused_for_image_batches(vision_config):
 
     with pytest.raises(ConfigError, match="data.packing"):
         prepare_data(vision_config("data.packing=true"))
+
+
+def test_vision_options_on_a_text_model_fail_before_it_loads(tiny_run_config):
+    from ember.errors import ConfigError
+    from ember.training.prepare import prepare_data
+
+    with pytest.raises(ConfigError, match="text-only model"):
+        prepare_data(tiny_run_config("method.train_projector=true"))
