@@ -77,12 +77,13 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="2 training steps, 6 held-out images (a smoke test)")
     p.add_argument("--record", action="store_true", help="write bench/results/vision_caption.{md,json}")
     args = p.parse_args()
+    os.chdir(ROOT)  # the example config names its data relative to the repository root
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("EMBER_NO_PROGRESS", "1")
 
     import torch
 
-    from ember.config import apply_override, load_config
+    from ember.config import load_config, validate
     from ember.models.compose import compose_llava
     from ember.training.run import train
 
@@ -91,17 +92,8 @@ def main() -> int:
     started = time.perf_counter()
     if not (base / "config.json").is_file():
         compose_llava("smollm2-135m-instruct", base)
-    cfg = load_config(CONFIG)
-    raw_overrides = [f"model.name_or_path={base}", f"output.dir={work / 'run'}", "output.overwrite=true"]
-    if args.quick:
-        raw_overrides.append("train.max_steps=2")
-    from ember.config import to_dict, from_dict, validate
-    from ember.config.schema import EmberConfig
-
-    raw = to_dict(cfg)
-    for item in raw_overrides:
-        apply_override(raw, item)
-    cfg = validate(from_dict(EmberConfig, raw, str(CONFIG)))
+    overrides = [f"model.name_or_path={base}", f"output.dir={work / 'run'}", "output.overwrite=true"]
+    cfg = validate(load_config(CONFIG, overrides + (["train.max_steps=2"] if args.quick else [])))
     rows = heldout(6 if args.quick else None)
     t0 = time.perf_counter()
     before = evaluate(str(base), cfg.data.system, rows)

@@ -129,3 +129,20 @@ def test_export_merges_into_a_standalone_model(trained_llava, engine, tmp_path):
     torch.testing.assert_close(merged, adapter, rtol=1e-4, atol=1e-4)
     with pytest.raises(Exception, match="mmproj"):
         export(str(trained_llava), str(tmp_path / "m.gguf"), fmt="gguf")
+
+
+def test_chat_session_keeps_the_image_with_its_message(engine, tmp_path):
+    import io
+
+    from ember.inference.chat import ChatSession, run_chat
+
+    (tmp_path / "blue.png").write_bytes(draw("blue"))
+    session = ChatSession(engine, GREEDY)
+    out = io.StringIO()
+    run_chat(session, iter([f"/image {tmp_path / 'blue.png'}\n", "Colour?\n", "And again?\n"]), out, interactive=False)
+    assert "(image attached to your next message: 1 waiting)" in out.getvalue()
+    first, _, second, _ = session.history
+    assert first.content == "<image>Colour?" and first.images == [draw("blue")]
+    assert second.images is None and session.pending_images == []
+    ids = engine.prompt_ids(session.messages("third"))  # the image stays in the history's prompt
+    assert ids.count(engine.renderer.images.image_token_id) == 16
