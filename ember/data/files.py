@@ -88,9 +88,11 @@ def _json_layout(f: IO[bytes]) -> str:
     return "values" if head.split(b"\n", 1)[0].strip() == b"{" else "lines"
 
 
-def _decode_error(p: Path, data: bytes, exc: UnicodeDecodeError, first_line: int) -> DataError:
-    line = data[: exc.start].count(b"\n") + first_line
-    col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+def _decode_error(p: Path, data: bytes, exc: UnicodeDecodeError, first_line: int, first_col: int = 0) -> DataError:
+    """Where in the file `data` (which starts at line `first_line`, 0-based column `first_col`) stops being UTF-8."""
+    newlines = data[: exc.start].count(b"\n")
+    line = first_line + newlines
+    col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1 + (0 if newlines else first_col)
     return DataError(f"{p}:{line}", None,
                      f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {col}): re-save the file as UTF-8")
 
@@ -225,90 +227,143 @@ def _value_end(text: str, at: int, depth: int) -> tuple[Optional[int], int, int]
     return None, len(text), depth
 
 
+def _utf8_cut(data: bytes) -> int:
+    """The length of the longest prefix of `data` that does not end inside a UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)
+        if byte >= 0xC0:  # the lead byte of the last character: is the character complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)
+
+
+def _text_chunks(p: Path, f: IO[bytes], tell: Callable[[int], Any]) -> Iterator[str]:
+    """The file's text in pieces of about a read chunk, cut anywhere but inside a character (a minified JSON array is
+    one long line); bytes that are not UTF-8 raise a DataError with line and column."""
+    line, col, rest, first = 1, 0, b"", True
+    while True:
+        chunk = f.read(_CHUNK)
+        tell(len(chunk))
+        data = rest + chunk
+        if first:
+            data, first = data.removeprefix(codecs.BOM_UTF8), False
+        cut = _utf8_cut(data) if chunk else len(data)
+        block, rest = data[:cut], data[cut:]
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _decode_error(p, block, exc, line, col) from None
+        if text:
+            yield text
+            newlines = text.count("\n")
+            line += newlines
+            col = len(text) - text.rfind("\n") - 1 if newlines else col + len(text)
+        if not chunk:
+            return
+
+
+class _Window:
+    """A window on a text stream: `text` holds what is read from the record being decoded on. `at(i)` is the file
+    (line, column) of text[i], for i that never go back: each character is counted once, so reading stays linear."""
+
+    def __init__(self, chunks: Iterator[str]):
+        self.chunks, self.text, self.done = chunks, "", False
+        self.mark, self.line, self.col = 0, 1, 0  # text[mark] is at file line `line`, 0-based column `col`
+
+    def more(self, keep: int) -> int:
+        """Read another chunk, dropping the text before `keep`: the shift of every position (-1: nothing left)."""
+        chunk = None if self.done else next(self.chunks, None)
+        if chunk is None:
+            self.done = True
+            return -1
+        self.at(keep)
+        self.text, self.mark = self.text[keep:] + chunk, 0
+        return keep
+
+    def at(self, i: int) -> tuple[int, int]:
+        newlines = self.text.count("\n", self.mark, i)
+        self.line += newlines
+        self.col = i - self.text.rfind("\n", self.mark, i) - 1 if newlines else self.col + i - self.mark
+        self.mark = i
+        return self.line, self.col + 1
+
+
+_NOT_SPACE = re.compile(r"\S")
+
+
 def _iter_json_array(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any],
                      bracketed: bool = True) -> Iterator[RecordItem]:
     """Objects of a top-level JSON array (or, not `bracketed`, of JSON values one after another), decoded one at a
-    time from a buffer that starts at a line start (so decoder line/column numbers stay right) and never holds more
-    than one record plus a read chunk."""
-    blocks = _text_blocks(p, f, tell)
-    buffer, line0, pos, done = "", 1, 0, False  # line0: file line number of buffer[0]
-
-    def more() -> bool:
-        nonlocal buffer, done
-        if done:
-            return False
-        block = next(blocks, None)
-        if block is None:
-            done = True
-            return False
-        buffer += block[1]
-        return True
-
-    while bracketed:  # find the opening bracket
-        at = buffer.find("[")
+    time. Memory holds one record plus a read chunk whatever the line lengths, and reading is linear in the file."""
+    w = _Window(_text_chunks(p, f, tell))
+    pos = 0
+    while bracketed:  # find the opening bracket (the file starts with it, after white space)
+        at = w.text.find("[", pos)
         if at >= 0:
             pos = at + 1
             break
-        if not more():
+        if w.more(len(w.text)) < 0:
             raise DataError(f"{p}:1", None, "invalid JSON: expected a '[' to open the array")
+        pos = 0
     decoder = json.JSONDecoder()
     while True:
         while True:
-            while pos < len(buffer) and buffer[pos] in " \t\r\n,":
+            while pos < len(w.text) and w.text[pos] in " \t\r\n,":
                 pos += 1
-            if pos < len(buffer) or not more():
+            if pos < len(w.text) or (shift := w.more(pos)) < 0:
                 break
-        line = line0 + buffer.count("\n", 0, pos)
-        if pos >= len(buffer):
+            pos -= shift
+        line = w.at(pos)[0]
+        if pos >= len(w.text):
             if not bracketed:
                 return
             raise DataError(f"{p}:{line}", None, "invalid JSON: the file ends before the closing ']' (truncated?)")
-        if buffer[pos] == "]" and bracketed:
-            while not buffer[pos + 1:].strip() and more():  # only white space may follow, or records would be lost
-                pass
-            rest = buffer[pos + 1:]
-            if rest.strip():
-                extra = pos + 1 + len(rest) - len(rest.lstrip())
-                raise DataError(f"{p}:{line0 + buffer.count(chr(10), 0, extra)}", None, "invalid JSON: more after the "
-                                "array's closing ']' (two arrays in one file?): join them into one array, or use JSON Lines")
-            return
+        if bracketed and w.text[pos] == "]":
+            look = pos + 1
+            while not (extra := _NOT_SPACE.search(w.text, look)):  # only white space may follow: records would be lost
+                if (shift := w.more(pos)) < 0:
+                    return
+                pos, look = pos - shift, len(w.text)
+            raise DataError(f"{p}:{w.at(extra.start())[0]}", None, "invalid JSON: more after the array's closing ']' "
+                            "(two arrays in one file?): join them into one array, or use JSON Lines")
         source = f"{p}:{line}"
         while True:
             try:
-                record, end = decoder.raw_decode(buffer, pos)
+                record, end = decoder.raw_decode(w.text, pos)
                 break
             except json.JSONDecodeError as exc:
-                if len(buffer) - pos <= limit and more():
+                if len(w.text) - pos <= limit and (shift := w.more(pos)) >= 0:
+                    pos -= shift
                     continue  # the record is not complete in the buffer yet
-                if not done and len(buffer) - pos > limit:
+                if not w.done:
                     raise DataError(source, None, f"a record over data.max_record_bytes={limit:,}, or invalid JSON "
                                                   "there; raise the limit if the record is meant to be this large") from None
                 # Inside an array one broken record breaks the rest of the file: stop here, whatever on_error says.
-                raise DataError(f"{p}:{line0 + exc.lineno - 1}", None,
-                                f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+                line, col = w.at(exc.pos)
+                raise DataError(f"{p}:{line}", None, f"invalid JSON: {exc.msg} (column {col})") from None
             except (RecursionError, ValueError) as exc:  # valid JSON Python will not hold: step over it, read on
                 problem = "nested too deeply" if isinstance(exc, RecursionError) else _refusal(exc)
-                end, resume, depth = _value_end(buffer, pos, 0)
-                while end is None and len(buffer) - pos <= limit and more():
-                    end, resume, depth = _value_end(buffer, resume, depth)
+                end, resume, depth = _value_end(w.text, pos, 0)
+                while end is None and len(w.text) - pos <= limit and (shift := w.more(pos)) >= 0:
+                    pos, resume = pos - shift, resume - shift
+                    end, resume, depth = _value_end(w.text, resume, depth)
                 if end is None:
                     raise DataError(source, None, f"invalid JSON: {problem}") from None
                 record = DataError(source, None, f"invalid JSON: {problem}")
                 break
+        text = w.text
         if isinstance(record, DataError):
             yield source, record
-        elif end - pos > limit // 4 and (size := len(buffer[pos:end].encode("utf-8", "surrogatepass"))) > limit:
+        elif end - pos > limit // 4 and (size := len(text[pos:end].encode("utf-8", "surrogatepass"))) > limit:
             yield source, _too_big(source, size, limit)
         elif not isinstance(record, dict):
             yield source, DataError(source, None, f"expected a JSON object, got {type(record).__name__}")
         else:
-            bad = _SURROGATE_ESCAPE.search(buffer, pos, end) and _lone_surrogate(record)
+            bad = _SURROGATE_ESCAPE.search(text, pos, end) and _lone_surrogate(record)
             yield source, (DataError(source, *bad) if bad else record)
         pos = end
-        cut = buffer.rfind("\n", 0, pos) + 1  # drop what is read, keeping the buffer at a line start
-        if cut:
-            line0 += buffer.count("\n", 0, cut)
-            buffer, pos = buffer[cut:], pos - cut
 
 
 def _iter_csv(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[RecordItem]:

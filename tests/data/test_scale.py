@@ -12,6 +12,7 @@ from ember.data.conversation import Conversation, Message
 from ember.data.preview import spans
 from ember.data.render import IGNORE_INDEX, Renderer
 from ember.data.truncation import LOST_CUT, fit_samples
+from ember.errors import DataError
 
 SYSTEM = Message("system", "Be brief.")
 
@@ -173,6 +174,64 @@ def test_a_json_array_streams_records_across_read_chunks(write, monkeypatch):
     assert [r for _, r in got] == records
     lines = path.read_text(encoding="utf-8").splitlines()
     assert [int(s.rsplit(":", 1)[1]) for s, _ in got] == [i + 1 for i, line in enumerate(lines) if line.strip() == "{"]
+
+
+def test_a_one_line_json_array_streams_in_a_bounded_window(write, monkeypatch):
+    """`json.dump(records, f)` writes one line: the reader still holds one record plus a read chunk, never the file
+    (it used to keep every line it had not finished, and count lines from its start for every record)."""
+    from ember.data import files
+
+    monkeypatch.setattr(files, "_CHUNK", 64)
+    held = []
+    more = files._Window.more
+
+    def watch(self, keep):
+        shift = more(self, keep)
+        held.append(len(self.text))
+        return shift
+
+    monkeypatch.setattr(files._Window, "more", watch)
+    records = [{"instruction": f"q{i}", "input": "", "output": "答" * (i % 7)} for i in range(400)]
+    path = write("minified.json", json.dumps(records, ensure_ascii=False))
+    got = list(files.iter_records(str(path)))
+    assert [r for _, r in got] == records and {s for s, _ in got} == {f"{path}:1"}
+    longest = max(len(json.dumps(r, ensure_ascii=False)) for r in records)
+    assert max(held) <= longest + 2 * 64 and path.stat().st_size > 100 * max(held)
+    # an error far along the one line names its column
+    text = path.read_text(encoding="utf-8")
+    cut = write("cut.json", text[: len(text) // 2])
+    with pytest.raises(json.JSONDecodeError) as whole:  # where json itself, given the whole text, finds the error
+        json.loads(cut.read_text(encoding="utf-8"))
+    with pytest.raises(DataError) as info:
+        list(files.iter_records(str(cut)))
+    assert str(info.value) == f"{cut}:1: invalid JSON: {whole.value.msg} (column {whole.value.colno})"
+    assert whole.value.colno > 5000
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.json", "lines.json", "a.csv", "a.txt", "a.parquet"])
+def test_reading_progress_counts_every_byte_of_the_file(write, name):
+    """The reading bar is in bytes against the files' total size: each reader reports every byte it reads, once."""
+    from ember.data.files import iter_file
+
+    chat = {"messages": [{"role": "user", "content": "Hi " * 50}, {"role": "assistant", "content": "Hello."}]}
+    content = {"a.jsonl": [chat] * 40, "a.json": [chat] * 40, "a.csv": [{"query": "q " * 90, "response": "a"}] * 40,
+               "a.txt": "a document\n" * 400, "a.parquet": [chat] * 3000,
+               "lines.json": "".join(json.dumps(chat) + "\n" for _ in range(40))}[name]
+    path = write(name, content)
+    told = []
+    records = sum(1 for _ in iter_file(path, progress=told.append))
+    assert records in (40, 400, 3000) and sum(told) == path.stat().st_size and min(told) >= 0
+
+
+def test_the_reading_bar_totals_the_local_files(write, make_config):
+    from ember.data.pipeline import _local_bytes
+
+    a = write("d/a.jsonl", [{"text": "x"}])
+    b = write("d/sub/b.csv", [{"text": "y"}])
+    c = write("c.txt", "z\n")
+    assert _local_bytes(make_config([{"path": str(a.parent)}, {"path": str(c)}]).data) == sum(
+        f.stat().st_size for f in (a, b, c))
+    assert _local_bytes(make_config([{"path": "someone/dataset"}]).data) is None  # a hub id: counted in records
 
 
 def test_formats_are_detected_per_file_inside_a_folder(write, make_config, prepare):
