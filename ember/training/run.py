@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,8 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     from ember.data.report import skip_summary
     from ember.training.prepare import new_token_warning, prepare_data
-    from ember.models.adapters import apply_method, describe_parameters, parameter_counts, quantization_config
+    from ember.models.adapters import (apply_method, describe_parameters, parameter_counts, quantization_config,
+                                       store_frozen_linears_in)
     from ember.models.loading import check_reachable, detect_family, load_model
     from ember.core.hardware import resolve_dtype
     from ember.core.paths import check_writable
@@ -134,6 +136,11 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     family = detect_family(getattr(model.config, "model_type", ""), cfg.model.family)
     model.config.use_cache = False  # training never needs the KV cache (and packed batches must not build one)
     model = apply_method(model, cfg.method, family, cfg.train.gradient_checkpointing, _rows_to_train(new_rows, cfg))
+    sharded = args.deepspeed or args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if cfg.method.type == "lora" and args.bf16 and not sharded:
+        # autocast reads them in bf16 anyway; the adapter, not the base, is what a LoRA run saves
+        store_frozen_linears_in(model, torch.bfloat16)
     trainable, total = parameter_counts(model)
     say(describe_parameters(model))
 
