@@ -142,7 +142,22 @@ def build_meta_model(cfg: EmberConfig, gpu: bool):
         raise ConfigError(f"model.name_or_path={cfg.model.name_or_path}: cannot build it from its config ({_first_line(exc)})") from None
     quantized = _quantized_weights(model) if cfg.method.type == "qlora" else set()
     model.config.use_cache = False
-    return apply_method(model, cfg.method, family, False), quantized
+    model = apply_method(model, cfg.method, family, False)
+    if stores_frozen_in_bf16(cfg, gpu):
+        from ember.models.adapters import store_frozen_linears_in
+
+        store_frozen_linears_in(model, torch.bfloat16)
+    return model, quantized
+
+
+def stores_frozen_in_bf16(cfg: EmberConfig, gpu: bool) -> bool:
+    """`ember train` stores a LoRA run's frozen Linear weights in bf16 when it trains under bf16 autocast without
+    DeepSpeed (ember.training.run); train.bf16 unset resolves as ember.training.arguments does."""
+    from ember.core.hardware import bf16_supported
+
+    t = cfg.train
+    bf16 = t.bf16 if t.bf16 is not None else ((gpu or bf16_supported()) and not t.fp16 and cfg.method.type != "qlora")
+    return cfg.method.type == "lora" and bool(bf16) and not t.deepspeed
 
 
 def _quantized_weights(model) -> set[int]:

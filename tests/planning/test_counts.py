@@ -5,16 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ember.models.adapters import apply_method, parameter_counts, quantization_config
+from ember.models.adapters import apply_method, parameter_counts, quantization_config, store_frozen_linears_in
 from ember.models.loading import detect_family, load_model
-from ember.planning.architecture import describe
+from ember.planning.architecture import describe, stores_frozen_in_bf16
 
 
 def real_model(cfg):
     torch.manual_seed(0)
     model = load_model(cfg.model, quantization_config=quantization_config(cfg.method, torch.float32))
     model.config.use_cache = False
-    return apply_method(model, cfg.method, detect_family("llama"), False)
+    model = apply_method(model, cfg.method, detect_family("llama"), False)
+    if stores_frozen_in_bf16(cfg, gpu=False):  # as ember.training.run does
+        store_frozen_linears_in(model, torch.bfloat16)
+    return model
 
 
 def groups_of(model) -> dict[tuple[bool, str], tuple[int, int]]:
