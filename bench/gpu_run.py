@@ -153,8 +153,8 @@ def choose_micro_batch(config: str, overrides: list[str], fill: float, cap: int,
     best, source = candidates[0], "smallest candidate"
     for b in candidates:
         plan = plans.get(b)
-        if plan and "peak_bytes_per_device" in plan:
-            peak, how = plan["peak_bytes_per_device"], "ember plan"
+        if plan and "peak_bytes_per_device" in plan:  # with the allocator's headroom when the plan states it
+            peak, how = plan.get("reserved_bytes_per_device", plan["peak_bytes_per_device"]), "ember plan"
         else:
             peak, how = estimate_peak(load_config(config, [*overrides, f"train.per_device_train_batch_size={b}"]), b), \
                 "estimate_peak"
@@ -176,7 +176,9 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--plan", action="store_true", help="also ask `ember plan --json` for the predicted peak")
     parser.add_argument("--fill-memory", action="store_true", help="choose the micro-batch that fills the GPU")
-    parser.add_argument("--fill", type=float, default=0.85, help="fraction of GPU memory --fill-memory aims at")
+    parser.add_argument("--fill", type=float, default=0.95,
+                        help="fraction of GPU memory --fill-memory aims at (ember plan's figure includes the "
+                             "allocator's headroom)")
     parser.add_argument("--max-micro-batch", type=int, default=64)
     parser.add_argument("--oom-retries", type=int, default=0,
                         help="with --fill-memory: after running out of memory, start again (a fresh process) with "

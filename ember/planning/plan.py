@@ -23,6 +23,13 @@ class Change:
     cost: int
 
 
+# PyTorch's caching allocator reserves more GPU memory than it hands out (blocks kept for reuse, fragmentation by
+# large transient tensors such as fp32 logits). Measured on an H200 (bench/results/gpu_check.md): reserved was 21%
+# (8B LoRA) and 32% (8B full) above the allocated peak, and a plan that filled 83% of the card with allocations ran
+# out of memory. A GPU plan fits when its peak plus this share fits.
+GPU_ALLOCATOR_HEADROOM = 0.25
+
+
 @dataclass
 class Plan:
     cfg: EmberConfig
@@ -36,8 +43,20 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def headroom(self) -> int:
+        """Bytes the GPU's caching allocator holds beyond the allocated peak (0 on a CPU, whose peak is RSS)."""
+        if not self.target.gpu:
+            return 0
+        # the CUDA context lives outside the allocator: no headroom on it
+        return int((self.memory.peak - self.memory.parts.get("cuda_context", 0)) * GPU_ALLOCATOR_HEADROOM)
+
+    @property
+    def needs(self) -> int:
+        return self.memory.peak + self.headroom
+
+    @property
     def fits(self) -> bool:
-        return self.memory.peak <= self.target.memory
+        return self.needs <= self.target.memory
 
     @property
     def tokens_per_micro_batch(self) -> int:

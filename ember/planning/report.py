@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ember.planning.memory import GIB
-from ember.planning.plan import Plan
+from ember.planning.plan import GPU_ALLOCATOR_HEADROOM, Plan
 
 PARTS = {
     "weights": "frozen parameters",
@@ -80,15 +80,18 @@ def render(plan: Plan, config_path: str = "CFG") -> str:
         rows.append(f"    {name:22s} {gib(nbytes):>11s}  {PARTS.get(name, '')}")
     if mem.offloaded:
         rows.append(f"    (offloaded to CPU RAM: {gib(mem.offloaded)} per device)")
-    share = 100 * mem.peak / plan.target.memory
+    if plan.headroom:
+        rows.append(f"    {'allocator headroom':22s} {gib(plan.headroom):>11s}  what PyTorch's caching allocator holds "
+                    f"beyond the peak (+{GPU_ALLOCATOR_HEADROOM:.0%}, measured on an H200)")
+    share = 100 * plan.needs / plan.target.memory
     if plan.fits:
-        rows.append(f"fits on {plan.target.describe()}: {gib(mem.peak)} of {gib(plan.target.memory)} ({share:.0f}%)")
+        rows.append(f"fits on {plan.target.describe()}: {gib(plan.needs)} of {gib(plan.target.memory)} ({share:.0f}%)")
     else:
-        rows.append(f"does NOT fit on {plan.target.describe()}: needs {gib(mem.peak)} of {gib(plan.target.memory)} "
+        rows.append(f"does NOT fit on {plan.target.describe()}: needs {gib(plan.needs)} of {gib(plan.target.memory)} "
                     f"per {'device' if plan.target.gpu else 'process'}")
         change = plan.suggestion
         if change is not None:
-            rows.append(f"cheapest change that fits: {change.description} → {gib(change.plan.memory.peak)} "
+            rows.append(f"cheapest change that fits: {change.description} → {gib(change.plan.needs)} "
                         f"(re-planned)")
             if change.overrides:
                 rows.append(f"  ember train {config_path} {' '.join(change.overrides)}")
@@ -105,6 +108,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
     mem, s = plan.memory, plan.shape
     out: dict[str, Any] = {
         "peak_bytes_per_device": mem.peak,
+        "reserved_bytes_per_device": plan.needs,  # the peak plus the GPU allocator's headroom: what must fit
         "fits": plan.fits,
         "parts": dict(mem.parts),
         "phase": mem.phase,

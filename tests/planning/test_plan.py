@@ -18,7 +18,8 @@ def gpu(memory: int, devices: int = 1) -> Target:
 
 
 def peak(cfg, target) -> int:
-    return plan(cfg, target, suggest=False).memory.peak
+    """What must fit: the peak, plus the allocator's headroom on a GPU."""
+    return plan(cfg, target, suggest=False).needs
 
 
 def replan(tiny_cfg, base: tuple[str, ...], result, target):
@@ -43,7 +44,7 @@ def test_a_smaller_micro_batch_keeps_the_global_batch(tiny_cfg):
     assert not result.fits
     assert result.suggestion.overrides == ["train.per_device_train_batch_size=4", "train.gradient_accumulation_steps=2"]
     again = replan(tiny_cfg, base, result, gpu(half))
-    assert again.fits and again.memory.peak == result.suggestion.plan.memory.peak == half
+    assert again.fits and again.needs == result.suggestion.plan.needs == half
     assert again.tokens_per_step == result.tokens_per_step == 8 * 64
 
 
@@ -111,6 +112,9 @@ def test_json_shape(tiny_cfg):
     assert data["suggestion"]["overrides"] == ["train.per_device_train_batch_size=4",
                                                "train.gradient_accumulation_steps=2"]
     assert data["suggestion"]["peak_bytes_per_device"] <= result.target.memory
+    assert data["reserved_bytes_per_device"] == result.memory.peak + result.headroom
+    # the GPU allocator's share (measured on an H200), on all but the CUDA context
+    assert result.headroom == int((result.memory.peak - data["parts"]["cuda_context"]) * 0.25)
 
 
 def test_text_names_the_measure_and_every_part(tiny_cfg):
