@@ -133,21 +133,23 @@ def report(s: dict) -> str:
     examples = "\n".join(f"| `{x['image'].split('/')[-1]}` | {x['want']} | {y['got']!r} | {x['got']!r} |"
                          for x, y in list(zip(a["answers"], b["answers"], strict=True))[:8])
     curve = ", ".join(f"{step}: {loss:.3f}" for step, loss in t["losses"])
-    return f"""# Image + text SFT learns the shapes set (bench/vision_caption.py)
+    return f"""# Image + text SFT on the shapes set (bench/vision_caption.py)
 
-{s['machine']}. Model: LLaVA architecture = SmolLM2-135M-Instruct + a new random CLIP-architecture vision tower
-(2 layers, 32x32 images, 16 image tokens) + a new projector (`python -m ember.models.compose`). Run:
-`examples/vision-llava-lora.yaml` — LoRA r16 in the language model ({t['trainable_params']:,} trainable of
-{t['total_params']:,}, projector included), vision tower frozen, {t['steps']} steps over {t['train_samples']} images
-(1 epoch, batch 8), {t['seconds']:.0f} s of training. Held-out: {a['n']} images never trained on, answered greedily
-through `ember.Engine` (the path of `ember chat --image` and `ember serve`); an answer is right when it names the
-image's colour / shape.
+{s['machine']}.
+
+Model: LLaVA architecture = SmolLM2-135M-Instruct + a new random CLIP-architecture vision tower (2 layers, 32x32
+images, 16 image tokens) + a new projector (`python -m ember.models.compose`). Run: `examples/vision-llava-lora.yaml`
+— LoRA r16 in the language model ({t['trainable_params']:,} trainable of {t['total_params']:,}, projector
+included), vision tower frozen, {t['steps']} steps over {t['train_samples']} images (1 epoch, batch 8),
+{t['seconds']:.0f} s of training on a shared, loaded CPU. Held-out: {a['n']} images never trained on, answered
+greedily through `ember.Engine` (the path of `ember chat --image` and `ember serve`); an answer is right when it
+names the image's colour / shape.
 
 | held-out accuracy | before training | after |
 |---|---:|---:|
 {rows}
 
-Train loss by step: {curve}. Final eval loss (5% of the training file held out): {t['eval_loss']}.
+Train loss by step: {curve}. Eval loss (5% of the training file held out): {t['eval_loss']:.3f}.
 
 | image | answer | before | after |
 |---|---|---|---|
