@@ -136,9 +136,12 @@ def run_chat(session: ChatSession, lines: Iterator[str], out: Optional[IO[str]] 
             answer = session.ask(line, stream=True)
         if interactive:
             print("assistant: ", end="", file=out, flush=True)
+        shown = False
         for piece in answer:
             print(piece, end="", file=out, flush=True)
-        print(file=out, flush=True)
+            shown = True
+        if shown or interactive:  # an answer that is only calls shows just their lines
+            print(file=out, flush=True)
         print_calls(session.last_calls, out, interactive)
 
 

@@ -56,9 +56,12 @@ def cmd_chat(args) -> int:
     if args.prompt is not None:
         if args.show_prompt:
             print_prompt(session, args.prompt, sys.stdout)
+        shown = False
         for piece in session.ask(args.prompt, stream=True):
             print(piece, end="", flush=True)
-        print()
+            shown = True
+        if shown:
+            print()
         print_calls(session.last_calls, sys.stdout, interactive=False)
         return 0
     run_chat(session, iter(sys.stdin.readline, ""), interactive=sys.stdin.isatty(), show_prompt=args.show_prompt)

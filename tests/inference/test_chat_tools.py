@@ -52,6 +52,17 @@ def test_calls_are_shown_and_answered_with_tool_lines(tiny_engine, monkeypatch):
     assert (session.last_calls, session.awaiting) == ([], 0)
 
 
+def test_an_answer_that_is_only_a_call_shows_its_line(tiny_engine, monkeypatch):
+    monkeypatch.setattr(tiny_engine, "stream", lambda messages, options=None, cancel=None, tools=None:
+                        iter(["<tool_call>\n", WEATHER, "\n</tool_call>"]))
+    session = ChatSession(tiny_engine, GenerationOptions(), tools=TOOLS)
+    out = io.StringIO()
+    run_chat(session, iter(["Is it cold in Oslo?\n"]), out, interactive=False)
+    assert out.getvalue() == f"[tool call] {WEATHER}\n"
+    assert [(m.role, m.content, m.tool_calls) for m in session.history] == [
+        ("user", "Is it cold in Oslo?", None), ("assistant", "", [call("get_weather")])]
+
+
 def test_without_tools_a_call_is_plain_text_and_tool_lines_are_messages(tiny_engine, monkeypatch):
     monkeypatch.setattr(tiny_engine, "stream", lambda messages, options=None, cancel=None, tools=None:
                         iter([f"<tool_call>\n{WEATHER}\n</tool_call>"]))
