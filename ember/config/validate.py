@@ -66,7 +66,7 @@ def validate(cfg: EmberConfig) -> EmberConfig:
 
     if train.bf16 and train.fp16:
         raise ConfigError("train.bf16 and train.fp16 are both true: choose one")
-    _check_numbers(train)
+    _check_numbers(train, method.embedding_learning_rate)
     _check_reporting(train)
     if train.eval_strategy != "no" and data.eval_split == 0 and not any(s.split == "eval" for s in data.datasets):
         raise ConfigError(
@@ -79,10 +79,12 @@ def validate(cfg: EmberConfig) -> EmberConfig:
     return cfg
 
 
-def _check_numbers(train) -> None:
-    """Hyper-parameters no run can use: caught here rather than as a traceback (or a silent no-op) after loading."""
+def _check_numbers(train, embedding_lr=None) -> None:
+    """Hyper-parameters no run can use: caught here rather than as a traceback (or a silent no-op) after loading.
+    A learning rate of 0 is allowed only beside a positive method.embedding_learning_rate (train the new rows only)."""
     lr = train.learning_rate
-    if not math.isfinite(lr) or lr <= 0:
+    only_embeddings = lr == 0 and embedding_lr is not None and embedding_lr > 0
+    if not math.isfinite(lr) or lr < 0 or (lr == 0 and not only_embeddings):
         raise ConfigError(f"train.learning_rate={lr} must be a positive number (fine-tuning uses 1e-5 to 1e-3)")
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                 "logging_steps"):
@@ -156,6 +158,9 @@ def _check_preference(cfg: EmberConfig) -> None:
         raise ConfigError(
             f"data.truncation={cfg.data.truncation} would cut answers or their end-of-turn tokens; preference stages "
             "cut the prompt first (data.truncation: split or turns, the same rule) or drop long pairs (drop)")
+    if cfg.train.group_by_length:
+        raise ConfigError(f"train.group_by_length groups single sequences; stage {stage} batches pairs of them: set "
+                          "it to false (data.packing: true avoids padding instead)")
 
 
 # train.report_to names (transformers' integrations) → the module each needs

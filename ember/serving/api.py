@@ -305,7 +305,8 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
     async def openapi() -> JSONResponse:
-        return JSONResponse(O.document(app))
+        return JSONResponse(O.document(app, images=getattr(engine.renderer, "images", None) is not None,
+                                       vocab_size=server.vocab))
 
     @v1.get("/models", response_model=None, responses={200: {"model": O.ModelList}, 401: O.ERRORS[401]})
     async def models() -> dict[str, Any]:

@@ -166,8 +166,10 @@ def generation_responses(model: type[BaseModel]) -> dict[int | str, dict[str, An
     return {200: {"model": model, "content": STREAM}, **MODEL_ERRORS}
 
 
-def document(app: FastAPI) -> dict[str, Any]:
-    """The app's OpenAPI document, without FastAPI's 422 (never sent) and its schemas."""
+def document(app: FastAPI, images: bool = True, vocab_size: Optional[int] = None) -> dict[str, Any]:
+    """The app's OpenAPI document, without FastAPI's 422 (never sent) and its schemas, made true for the model it
+    serves: `images=False` (a model that takes no images) leaves out the `image_url` content part such a server
+    refuses, and `vocab_size` bounds token ids (prompts given as ids, `logit_bias` keys) to the vocabulary."""
     if app.openapi_schema is None:
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         for path in doc.get("paths", {}).values():
@@ -176,5 +178,68 @@ def document(app: FastAPI) -> dict[str, Any]:
         schemas = doc.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
+        if not images:
+            _drop_schemas(doc, {name for name in schemas if name.startswith("ImageUrl")})
+        if vocab_size:
+            _bound_token_ids(doc, vocab_size)
         app.openapi_schema = doc
     return app.openapi_schema
+
+
+def _drop_schemas(doc: dict[str, Any], names: set[str]) -> None:
+    """Remove the named component schemas and every `anyOf`/`oneOf` branch that refers to them."""
+    refs = {f"#/components/schemas/{name}" for name in names}
+    for name in names:
+        doc["components"]["schemas"].pop(name, None)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("anyOf", "oneOf"):
+                if isinstance(node.get(key), list):
+                    node[key] = [branch for branch in node[key] if branch.get("$ref") not in refs]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+
+
+def _bound_token_ids(doc: dict[str, Any], vocab_size: int) -> None:
+    """Token ids as integers (`minimum` 0, `exclusiveMaximum` 2^63) and as `logit_bias` keys (decimal strings) get
+    the vocabulary's bound: a schema-valid id is then one the model has."""
+    from ember.serving.protocol import INT64
+
+    pattern = f"^{_below(vocab_size)}$"
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "integer" and node.get("minimum") == 0 and node.get("exclusiveMaximum") == INT64:
+                node["exclusiveMaximum"] = vocab_size
+            names = node.get("propertyNames")
+            if isinstance(names, dict) and names.get("pattern") == "^[0-9]{1,18}$":
+                names["pattern"] = pattern
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+
+
+def _below(n: int) -> str:
+    """A regular expression for the decimal numbers 0 .. n-1 (no leading zeros)."""
+    top = str(n - 1)
+    branches = ["0"] if n - 1 >= 0 else []
+    for length in range(1, len(top)):  # every number with fewer digits than n-1
+        branches.append("[1-9]" + "[0-9]" * (length - 1) if length > 1 else "[1-9]")
+    for i in range(len(top)):  # same length: equal to n-1 up to digit i, smaller at digit i
+        digit = int(top[i])
+        low = 1 if i == 0 else 0
+        if digit > low:
+            branches.append(top[:i] + f"[{low}-{digit - 1}]" + "[0-9]" * (len(top) - i - 1))
+    branches.append(top)
+    unique = list(dict.fromkeys(b for b in branches if b))
+    return "(?:" + "|".join(unique) + ")"

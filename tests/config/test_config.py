@@ -98,8 +98,8 @@ def test_unknown_keys_suggest_the_closest_name(config_path, override, message):
         ("data.truncation=middle", "data.truncation: 'middle' is not one of split, turns, left, right, drop"),
         ("stage=ppo", "stage: 'ppo' is not one of pt, sft, dpo, orpo, simpo, kto (did you mean 'dpo'?)"),
         ("data.datasets=[{path: a.jsonl, format: sharegtp}]",
-         "data.datasets[0].format: 'sharegtp' is not one of auto, alpaca, sharegpt, openai, firefly, moss, columns, text, "
-         "pairs, kto (did you mean 'sharegpt'?)"),
+         "data.datasets[0].format: 'sharegtp' is not one of auto, alpaca, sharegpt, openai, firefly, moss, glaive, columns, "
+         "text, pairs, kto (did you mean 'sharegpt'?)"),
         ("data.datasets=[{path: a.jsonl, split: test}]", "data.datasets[0].split: 'test' is not one of train, eval"),
         ("method.bits=3", "method.bits: '3' is not one of 4, 8"),
         ("data.max_length=abc", "data.max_length: expected an integer, got 'abc'"),
