@@ -192,18 +192,12 @@ def _drop_schemas(doc: dict[str, Any], names: set[str]) -> None:
     for name in names:
         doc["components"]["schemas"].pop(name, None)
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key in ("anyOf", "oneOf"):
-                if isinstance(node.get(key), list):
-                    node[key] = [branch for branch in node[key] if branch.get("$ref") not in refs]
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
+    def prune(node: dict[str, Any]) -> None:
+        for key in ("anyOf", "oneOf"):
+            if isinstance(node.get(key), list):
+                node[key] = [branch for branch in node[key] if branch.get("$ref") not in refs]
 
-    walk(doc)
+    _visit(doc, prune)
 
 
 def _bound_token_ids(doc: dict[str, Any], vocab_size: int) -> None:
@@ -213,20 +207,25 @@ def _bound_token_ids(doc: dict[str, Any], vocab_size: int) -> None:
 
     pattern = f"^{_below(vocab_size)}$"
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "integer" and node.get("minimum") == 0 and node.get("exclusiveMaximum") == INT64:
-                node["exclusiveMaximum"] = vocab_size
-            names = node.get("propertyNames")
-            if isinstance(names, dict) and names.get("pattern") == "^[0-9]{1,18}$":
-                names["pattern"] = pattern
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
+    def bound(node: dict[str, Any]) -> None:
+        if node.get("type") == "integer" and node.get("minimum") == 0 and node.get("exclusiveMaximum") == INT64:
+            node["exclusiveMaximum"] = vocab_size
+        names = node.get("propertyNames")
+        if isinstance(names, dict) and names.get("pattern") == "^[0-9]{1,18}$":
+            names["pattern"] = pattern
 
-    walk(doc)
+    _visit(doc, bound)
+
+
+def _visit(node: Any, change) -> None:
+    """Call `change` on every object of a JSON document, outermost first."""
+    if isinstance(node, dict):
+        change(node)
+        for value in node.values():
+            _visit(value, change)
+    elif isinstance(node, list):
+        for value in node:
+            _visit(value, change)
 
 
 def _below(n: int) -> str:
