@@ -170,30 +170,32 @@ class PreferenceTrainer(EmberTrainer):
             return unwrapped(**inputs)
 
     # -- metrics (TRL's names) --------------------------------------------------------------------------------------
-    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.args.world_size > 1:
-            return self.accelerator.gather_for_metrics(tensor.detach().float().reshape(-1))
-        return tensor.detach().float().reshape(-1)
-
     def _record(self, mode: str, terms: Terms, chosen_tokens: torch.Tensor) -> None:
-        metrics = self._metrics[mode]
-        chosen, rejected = self._gather(terms.chosen_rewards), self._gather(terms.rejected_rewards)
-        if len(chosen):
-            metrics["rewards/chosen"].append(chosen.mean().item())
-            metrics["logps/chosen"].append(self._gather(terms.chosen_logps).mean().item())
-        if len(rejected):
-            metrics["rewards/rejected"].append(rejected.mean().item())
-            metrics["logps/rejected"].append(self._gather(terms.rejected_logps).mean().item())
+        """Append this batch's metrics: each a total over the ranks divided by its count over the ranks (ranks may
+        hold different numbers of KTO desirable / undesirable examples, so sums and counts travel, never lists)."""
+        chosen, rejected = terms.chosen_rewards.detach().float(), terms.rejected_rewards.detach().float()
+        parts = {"rewards/chosen": (chosen.sum(), len(chosen)), "rewards/rejected": (rejected.sum(), len(rejected)),
+                 "logps/chosen": (terms.chosen_logps.float().sum(), len(chosen)),
+                 "logps/rejected": (terms.rejected_logps.float().sum(), len(rejected))}
         if self.objective.kind == "pairs":
-            metrics["rewards/accuracies"].append((chosen > rejected).float().mean().item())
-            metrics["rewards/margins"].append((chosen - rejected).mean().item())
-        elif len(chosen) and len(rejected):
-            metrics["rewards/margins"].append(chosen.mean().item() - rejected.mean().item())
+            parts["rewards/accuracies"] = ((chosen > rejected).float().sum(), len(chosen))
+            parts["rewards/margins"] = ((chosen - rejected).sum(), len(chosen))
         if terms.token_sum is not None:
-            nll = self._gather(torch.stack([terms.token_sum.detach().float(), chosen_tokens.float()]))
-            metrics["nll_loss"].append((nll[0::2].sum() / nll[1::2].sum().clamp(min=1)).item())
+            parts["nll_loss"] = (terms.token_sum.detach().float(), chosen_tokens.float())
         for key, value in terms.extra.items():
-            metrics[key].append(self._gather(value).mean().item())
+            parts[key] = (value.detach().float().sum(), value.numel())
+        device = chosen.device
+        table = torch.stack([torch.stack([torch.as_tensor(total, dtype=torch.float32, device=device).reshape(()),
+                                          torch.as_tensor(count, dtype=torch.float32, device=device).reshape(())])
+                             for total, count in parts.values()])
+        if self.args.world_size > 1:
+            table = self.accelerator.gather(table.unsqueeze(0)).sum(0)
+        metrics = self._metrics[mode]
+        values = {key: float(total / count) for key, (total, count) in zip(parts, table.tolist(), strict=True) if count}
+        for key, value in values.items():
+            metrics[key].append(value)
+        if self.objective.kind == "kto" and "rewards/chosen" in values and "rewards/rejected" in values:
+            metrics["rewards/margins"].append(values["rewards/chosen"] - values["rewards/rejected"])
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
         mode = "train" if self.model.training else "eval"

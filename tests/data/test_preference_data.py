@@ -186,6 +186,18 @@ def test_stage_and_format_rules(make_config):
         make_config([{"path": "x.jsonl", "format": "pairs"}], stage="kto")
     with pytest.raises(ConfigError, match="cut the prompt first"):
         make_config([{"path": "x.jsonl"}], stage="dpo", truncation="right")
+    from ember.config import EmberConfig, from_dict, validate
+
+    raw = {"stage": "orpo", "data": {"datasets": [{"path": "x.jsonl"}]}, "preference": {"precompute_ref": True}}
+    with pytest.raises(ConfigError, match="stage orpo uses no reference model"):
+        validate(from_dict(EmberConfig, raw, "test"))
+    raw = {"stage": "dpo", "data": {"datasets": [{"path": "x.jsonl"}]}, "preference": {"loss_type": "ipo",
+                                                                                      "label_smoothing": 0.1}}
+    with pytest.raises(ConfigError, match="label_smoothing applies to dpo \\(loss_type sigmoid\\) and simpo"):
+        validate(from_dict(EmberConfig, raw, "test"))
+    raw = {"stage": "kto", "data": {"datasets": [{"path": "x.jsonl"}]}, "train": {"group_by_length": True}}
+    with pytest.raises(ConfigError, match="train.group_by_length groups single sequences"):
+        validate(from_dict(EmberConfig, raw, "test"))
 
 
 def test_export_and_preview(write, make_config, prepare, tmp_path, smol_tokenizer):
@@ -225,7 +237,9 @@ SHARED = {  # file, stage, records in it
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
-def test_real_preference_files(name, shared_data, make_config, prepare, renderer):
+def test_real_preference_files(name, shared_data, make_config, prepare, renderer, smol_tokenizer):
+    from ember.data.pipeline import load_records
+
     stage, records = SHARED[name]
     cfg = make_config([{"path": str(shared_data / "dpo" / name), "samples": 12}], stage=stage, max_length=4096)
     prepared = prepare(cfg)
@@ -233,13 +247,27 @@ def test_real_preference_files(name, shared_data, make_config, prepare, renderer
     assert report.read == records and not report.skipped
     samples = list(prepared.data.train)
     assert len(samples) + report.dropped_too_long + report.dropped_identical_pairs + report.dropped_empty_answers == 12
-    assert report.kept_records == len(samples)
-    for s in samples:
-        rows = [s.chosen, s.rejected] if stage == "dpo" else [s.encoded]
-        prefix = rows[0].input_ids[:s.prompt_length]
-        assert all(r.input_ids[:s.prompt_length] == prefix for r in rows)
-        assert all(set(r.labels[:s.prompt_length]) == {-100} and r.trained_tokens for r in rows)
-        assert smol_end(renderer) in [t for t in rows[0].labels if t != -100]  # the answer ends with <|im_end|>
+    assert report.kept_records == len(samples) and samples
+    # Record by record: the rows' first ids are the generation prompt of that record's prompt
+    recipe = KTO if stage == "kto" else PAIRS
+    ctx = EncodeContext(smol_tokenizer, renderer, cfg.data)
+    for record in load_records(cfg.data, recipe, DataReport()).train:
+        if stage == "kto":
+            rows = list(recipe.encode([record], ctx, DataReport()))
+            encs = [(r["input_ids"], r["labels"], r["prompt_length"]) for r in rows]
+        else:
+            pair = recipe.encode_one(record, ctx, DataReport())
+            encs = [] if pair is None else [(e.input_ids, e.labels, pair.prompt_length)
+                                            for e in (pair.chosen, pair.rejected)]
+        if not encs:
+            continue
+        prompt = renderer.prompt_ids(record.prompt, tools=record.tools)
+        messages = [{"role": m.role, "content": m.content} for m in record.prompt]
+        assert prompt == chat_ids(smol_tokenizer, messages, generation=True)
+        for ids, labels, length in encs:
+            assert length == len(prompt) and ids[:length] == prompt
+            assert set(labels[:length]) == {-100} and labels.count(-100) < len(labels)
+            assert smol_end(renderer) in [t for t in labels if t != -100]  # the answer ends with <|im_end|>
 
 
 def smol_end(renderer) -> int:

@@ -257,7 +257,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30))
 
 
-@pytest.mark.parametrize("stage", ["dpo", "orpo"])
+@pytest.mark.parametrize("stage", ["dpo", pytest.param("orpo", marks=pytest.mark.slow)])
 def test_batch_4_equals_batch_2_times_accumulation_2(stage, pref_config, tmp_path):
     """The step's loss divides by all its pairs (orpo's NLL: all its chosen tokens), not by each micro-batch's."""
     whole, g_whole = one_sgd_step(pref_config, stage, tmp_path / "b4", 4, 1)
@@ -294,6 +294,7 @@ def test_packed_batch_equals_padded_batch(stage, oracle_models, pref_config, tmp
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_precomputed_reference_is_stored_with_the_data_and_matches_the_live_one(pref_config, tmp_path):
     cache = tmp_path / "data-cache"
     common = ("train.max_steps=2", "data.cache=true", f"data.cache_dir={cache}", "data.shuffle=false",
@@ -309,22 +310,19 @@ def test_precomputed_reference_is_stored_with_the_data_and_matches_the_live_one(
     train(pref_config("dpo", "method.type=full", "preference.precompute_ref=true", *common,
                       f"output.dir={tmp_path / 'again'}"))
     assert files[0].stat().st_mtime_ns == stamp  # the same reference: read back, not recomputed
-    # LoRA: the reference is the base; precomputed or live, the same losses.
-    lora_live = train(pref_config("dpo", *common, f"output.dir={tmp_path / 'lora'}"))
-    lora_pre = train(pref_config("dpo", "preference.precompute_ref=true", *common, f"output.dir={tmp_path / 'lp'}"))
-    assert logged_losses(lora_pre.output_dir) == pytest.approx(logged_losses(lora_live.output_dir), abs=1e-6)
 
 
-@pytest.mark.parametrize("stage", ["dpo", "orpo", "simpo", "kto"])
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["simpo", "kto"])  # dpo: the tests above; orpo: accumulation (full)
 def test_lora_trains_and_the_loss_falls(stage, pref_config, tmp_path):
-    """Four steps on the same four pairs (lr 1e-2): the adapter moves and the loss goes down."""
-    cfg = pref_config(stage, "train.max_steps=4", "train.learning_rate=1e-2", "data.shuffle=false",
-                      "train.num_train_epochs=4",
+    """Three steps on the same four pairs (lr 1e-2): the adapter moves and the loss goes down."""
+    cfg = pref_config(stage, "train.max_steps=3", "train.learning_rate=1e-2", "data.shuffle=false",
+                      "train.num_train_epochs=3",
                       f"data.datasets=[{{path: '{kto_records(tmp_path) if stage == 'kto' else PAIRS}', samples: 4}}]",
                       "preference.beta=0.5" if stage != "simpo" else "preference.beta=2.0")
     result = train(cfg)
     losses = logged_losses(result.output_dir)
-    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
     assert all("lora_" in name for name in saved_tensors(result.output_dir))
 
 

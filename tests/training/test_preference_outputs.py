@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from ember.core.artifacts import TEMPLATE_INFO
@@ -63,10 +64,9 @@ def test_a_dpo_run_is_chatted_with_served_and_exported_like_an_sft_run(tiny_run_
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_firefly_dpo_example_trains_on_a_tiny_model(tmp_path, monkeypatch):
     """examples/firefly-qlora-dpo.yaml with only the model (and sizes) swapped: QLoRA DPO, two steps."""
-    import pytest
-
     pytest.importorskip("bitsandbytes")
     from ember.config import load_config
 
