@@ -20,46 +20,47 @@ from ember.data.preference_samples import KTOSample, PairSample
 from ember.data.render import IGNORE_INDEX
 
 
-class PairDataset(torch.utils.data.Dataset):
-    def __init__(self, samples: Sequence[PairSample], ref_logps: Optional[Sequence[Sequence[float]]] = None):
+class _PreferenceDataset(torch.utils.data.Dataset):
+    """Stored samples as collator rows; `ref_logps` (the reference's log-probs of each row's two sequences) is set
+    by the trainer when they are precomputed."""
+
+    def __init__(self, samples: Sequence[Any], ref_logps: Optional[Sequence[Sequence[float]]] = None):
         self.samples, self.ref_logps = samples, ref_logps
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.samples[i]
-        row: dict[str, Any] = {"sequences": [(s.chosen.input_ids, s.chosen.labels),
-                                             (s.rejected.input_ids, s.rejected.labels)]}
+        row = self.row(i)
         if self.ref_logps is not None:
             row["ref_logps"] = list(self.ref_logps[i])
         return row
+
+    def row(self, i: int) -> dict[str, Any]:
+        raise NotImplementedError
 
     def lengths(self) -> list[int]:
         stored = getattr(self.samples, "lengths", None)
         return stored() if stored else [s.length for s in self.samples]
 
 
-class KTODataset(torch.utils.data.Dataset):
-    def __init__(self, samples: Sequence[KTOSample], ref_logps: Optional[Sequence[Sequence[float]]] = None):
-        self.samples, self.ref_logps = samples, ref_logps
+class PairDataset(_PreferenceDataset):
+    samples: Sequence[PairSample]
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def row(self, i: int) -> dict[str, Any]:
+        s = self.samples[i]
+        return {"sequences": [(s.chosen.input_ids, s.chosen.labels), (s.rejected.input_ids, s.rejected.labels)]}
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+
+class KTODataset(_PreferenceDataset):
+    samples: Sequence[KTOSample]
+
+    def row(self, i: int) -> dict[str, Any]:
         s, other = self.samples[i], self.samples[(i - 1) % len(self.samples)]
         e, o = s.encoded, other.encoded
         mismatched = (e.input_ids[:s.prompt_length] + o.input_ids[other.prompt_length:],
                       e.labels[:s.prompt_length] + o.labels[other.prompt_length:])
-        row: dict[str, Any] = {"sequences": [(e.input_ids, e.labels), mismatched], "label": s.label}
-        if self.ref_logps is not None:
-            row["ref_logps"] = list(self.ref_logps[i])
-        return row
-
-    def lengths(self) -> list[int]:
-        stored = getattr(self.samples, "lengths", None)
-        return stored() if stored else [s.length for s in self.samples]
+        return {"sequences": [(e.input_ids, e.labels), mismatched], "label": s.label}
 
 
 @dataclass

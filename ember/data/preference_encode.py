@@ -35,21 +35,11 @@ from ember.data.preference_samples import (KTO_SAMPLE_SCHEMA, PAIR_SAMPLE_SCHEMA
 from ember.data.recipes import EncodeContext, Recipe, record_error
 from ember.data.render import Encoded, RenderError, Renderer
 from ember.data.report import DataReport
-from ember.data.truncation import LOST_ROUNDS, LOST_TOO_LONG
+from ember.data.truncation import LOST_ROUNDS, LOST_TOO_LONG, _rounds  # rounds as truncation: turns splits them
 from ember.errors import DataError
 
 BOUNDARY = "the template's generation prompt and the answer merge into one token (prompt ids would differ from " \
            "the ones generation uses)"
-
-
-def _rounds(messages: list[Message]) -> list[list[Message]]:
-    rounds: list[list[Message]] = []
-    for m in messages:
-        if m.role == "user" or not rounds:
-            rounds.append([m])
-        else:
-            rounds[-1].append(m)
-    return rounds
 
 
 def _smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> Optional[int]:
@@ -172,13 +162,47 @@ def _detect(detect: Callable[[dict[str, Any]], str], record: dict[str, Any], sou
         raise DataError(source, None, str(exc)) from None
 
 
-class PairRecipe(Recipe):
+class _PreferenceRecipe(Recipe):
+    """What pairs and KTO examples share: the renderer's stop tokens, their sample files, and one answer set fitted
+    after one prompt with every outcome counted in the report."""
+
+    samples_class: type
+
+    def stop_token_ids(self, ctx: EncodeContext) -> list[int]:
+        assert ctx.renderer is not None
+        return ctx.renderer.stop_token_ids
+
+    def samples(self, paths: Sequence[Path], keep: Optional[object] = None):
+        return self.samples_class(paths, keep)
+
+    @staticmethod
+    def fit(prompt: list[Message], answers: Sequence[list[Message]], source: str, tools, ctx: EncodeContext,
+            report: DataReport) -> Optional[tuple[list[Encoded], int]]:
+        for name, answer in zip(("chosen", "rejected") if len(answers) == 2 else ("",), answers, strict=True):
+            if is_empty(answer):
+                report.dropped_empty_answers += 1
+                _skip(report, source, f"empty {name} answer" if name else "empty answer")
+                return None
+        assert ctx.renderer is not None
+        fitted, total, lost, why = fit_answers(ctx.renderer, prompt, answers, source, tools, ctx.data)
+        report.count_answers(total, lost)
+        if fitted is None:
+            if why == BOUNDARY:
+                report.skip(source, why)
+            else:
+                report.dropped_too_long += 1
+                report.skip_sample(source, why)
+        return fitted
+
+
+class PairRecipe(_PreferenceRecipe):
     """dpo / orpo / simpo: a prompt with a chosen and a rejected answer → one `PairSample`."""
 
     name = "pairs"
     unit = "pair"
     record_schema = PAIR_RECORD_SCHEMA
     shard_schema = PAIR_SAMPLE_SCHEMA
+    samples_class = PairSamples
 
     def detect(self, record: dict[str, Any], source: str) -> str:
         return _detect(detect_pair_format, record, source)
@@ -192,39 +216,15 @@ class PairRecipe(Recipe):
     def row_record(self, row: dict[str, Any]) -> PreferencePair:
         return row_pair(row)
 
-    def stop_token_ids(self, ctx: EncodeContext) -> list[int]:
-        assert ctx.renderer is not None
-        return ctx.renderer.stop_token_ids
-
-    def samples(self, paths: Sequence[Path], keep: Optional[object] = None) -> PairSamples:
-        return PairSamples(paths, keep)
-
     def encode(self, records: Sequence[PreferencePair], ctx: EncodeContext, report: DataReport) -> Iterator[dict[str, Any]]:
-        assert ctx.renderer is not None
         for pair in records:
             sample = self.encode_one(pair, ctx, report)
             if sample is not None:
                 yield pair_sample_row(sample)
 
     def encode_one(self, pair: PreferencePair, ctx: EncodeContext, report: DataReport) -> Optional[PairSample]:
-        for side in ("chosen", "rejected"):
-            if is_empty(getattr(pair, side)):
-                report.dropped_empty_answers += 1
-                _skip(report, pair.source, f"empty {side} answer")
-                return None
-        try:
-            fitted, total, lost, why = fit_answers(ctx.renderer, pair.prompt, [pair.chosen, pair.rejected],
-                                                   pair.source, pair.tools, ctx.data)
-        except (RenderError, RecursionError) as exc:  # the template refuses this pair: its error, not the run's
-            record_error(pair.source, exc, ctx.data, report)
-            return None
-        report.count_answers(total, lost)
+        fitted = self.fit(pair.prompt, [pair.chosen, pair.rejected], pair.source, pair.tools, ctx, report)
         if fitted is None:
-            if why == BOUNDARY:
-                report.skip(pair.source, why)
-            else:
-                report.dropped_too_long += 1
-                report.skip_sample(pair.source, why)
             return None
         (chosen, rejected), prompt_length = fitted
         if chosen.input_ids[prompt_length:] == rejected.input_ids[prompt_length:]:
@@ -236,13 +236,14 @@ class PairRecipe(Recipe):
         return PairSample(chosen, rejected, prompt_length)
 
 
-class KTORecipe(Recipe):
+class KTORecipe(_PreferenceRecipe):
     """kto: a prompt with one answer and its label → one `KTOSample`."""
 
     name = "kto"
     unit = "example"
     record_schema = KTO_RECORD_SCHEMA
     shard_schema = KTO_SAMPLE_SCHEMA
+    samples_class = KTOSamples
 
     def detect(self, record: dict[str, Any], source: str) -> str:
         return _detect(detect_kto_format, record, source)
@@ -258,33 +259,10 @@ class KTORecipe(Recipe):
     def row_record(self, row: dict[str, Any]) -> KTOExample:
         return row_kto(row)
 
-    def stop_token_ids(self, ctx: EncodeContext) -> list[int]:
-        assert ctx.renderer is not None
-        return ctx.renderer.stop_token_ids
-
-    def samples(self, paths: Sequence[Path], keep: Optional[object] = None) -> KTOSamples:
-        return KTOSamples(paths, keep)
-
     def encode(self, records: Sequence[KTOExample], ctx: EncodeContext, report: DataReport) -> Iterator[dict[str, Any]]:
-        assert ctx.renderer is not None
         for example in records:
-            if is_empty(example.completion):
-                report.dropped_empty_answers += 1
-                _skip(report, example.source, "empty answer")
-                continue
-            try:
-                fitted, total, lost, why = fit_answers(ctx.renderer, example.prompt, [example.completion],
-                                                       example.source, example.tools, ctx.data)
-            except (RenderError, RecursionError) as exc:  # the template refuses this example: its error
-                record_error(example.source, exc, ctx.data, report)
-                continue
-            report.count_answers(total, lost)
+            fitted = self.fit(example.prompt, [example.completion], example.source, example.tools, ctx, report)
             if fitted is None:
-                if why == BOUNDARY:
-                    report.skip(example.source, why)
-                else:
-                    report.dropped_too_long += 1
-                    report.skip_sample(example.source, why)
                 continue
             (enc,), prompt_length = fitted
             _add(report, (enc,))

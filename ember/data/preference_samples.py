@@ -101,9 +101,14 @@ def row_kto_sample(row: dict[str, Any]) -> KTOSample:
                              row["truncated"]), row["label"], row["prompt_length"])
 
 
-class PairSamples(Rows[PairSample]):
+class _PreferenceSamples(Rows):
+    """Stored preference samples; pickled (into DataLoader workers) as their file paths."""
+
+    schema: pa.Schema
+    convert: Any
+
     def __init__(self, paths: Sequence[Path], keep: Optional[object] = None):
-        super().__init__(paths, PAIR_SAMPLE_SCHEMA, row_pair_sample, keep)
+        super().__init__(paths, self.schema, type(self).convert, keep)
 
     def lengths(self) -> list[int]:
         return self.column("length")
@@ -112,18 +117,14 @@ class PairSamples(Rows[PairSample]):
         return {"paths": self.paths}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        PairSamples.__init__(self, state["paths"])
+        type(self).__init__(self, state["paths"])
 
 
-class KTOSamples(Rows[KTOSample]):
-    def __init__(self, paths: Sequence[Path], keep: Optional[object] = None):
-        super().__init__(paths, KTO_SAMPLE_SCHEMA, row_kto_sample, keep)
+class PairSamples(_PreferenceSamples):
+    schema = PAIR_SAMPLE_SCHEMA
+    convert = staticmethod(row_pair_sample)
 
-    def lengths(self) -> list[int]:
-        return self.column("length")
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"paths": self.paths}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        KTOSamples.__init__(self, state["paths"])
+class KTOSamples(_PreferenceSamples):
+    schema = KTO_SAMPLE_SCHEMA
+    convert = staticmethod(row_kto_sample)
