@@ -184,7 +184,11 @@ class _PreferenceRecipe(Recipe):
                 _skip(report, source, f"empty {name} answer" if name else "empty answer")
                 return None
         assert ctx.renderer is not None
-        fitted, total, lost, why = fit_answers(ctx.renderer, prompt, answers, source, tools, ctx.data)
+        try:  # the template may refuse this record (raise_exception on its content): that record's error
+            fitted, total, lost, why = fit_answers(ctx.renderer, prompt, answers, source, tools, ctx.data)
+        except (RenderError, RecursionError) as exc:
+            record_error(source, exc, ctx.data, report)
+            return None
         report.count_answers(total, lost)
         if fitted is None:
             if why == BOUNDARY:
