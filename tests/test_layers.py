@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"core"},
     {"config"},
-    {"data"},
+    {"data", "hub"},  # hub: downloads that models resolves ids through, uploads + cards that training/export use
     {"models"},
     {"planning"},
     {"training", "inference"},

@@ -1,4 +1,5 @@
-"""Find and load a model: registry name, local HF dir, `.gguf` file (dequantised once into a cache) or hub id."""
+"""Find and load a model: registry name, local HF dir, `.gguf` file (dequantised once into a cache) or hub id
+(Hugging Face, or ModelScope through `ember.hub.download`)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ from typing import Any, Optional
 from ember.config.schema import DEFAULT_MODEL, ModelConfig
 from ember.core.paths import cache_root, file_digest, file_lock
 from ember.errors import ConfigError
+from ember.hub.download import download, split_hub
 from ember.models.registry import Family, family_for, families, named_models
 
 log = logging.getLogger(__name__)
 
 
-def resolve_source(name_or_path: str) -> str:
-    """Return a local HF directory (or a hub id) for `name_or_path`; GGUF files are converted once and cached."""
+def resolve_source(name_or_path: str, hub: str = "huggingface", revision: Optional[str] = None) -> str:
+    """Return a local HF directory (or a Hugging Face hub id) for `name_or_path`; GGUF files are converted once and
+    cached; a ModelScope id (`modelscope:ORG/NAME`, or ORG/NAME with `hub="modelscope"`) is downloaded at
+    `revision`. Registry names and local paths resolve the same on every hub."""
+    which, repo = split_hub(name_or_path, hub)
+    if repo != name_or_path:  # an explicit `modelscope:` prefix
+        return download(which, repo, revision)
     named = named_models().get(name_or_path)
     if named is not None:
         if named.package:
@@ -43,11 +50,16 @@ def resolve_source(name_or_path: str) -> str:
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
         known = ", ".join(named_models())
         raise ConfigError(f"model '{name_or_path}' is not a local path, a hub id (org/name) or a known name ({known})")
+    if which != "huggingface":
+        return download(which, name_or_path, revision)
     return name_or_path  # a hub id: transformers downloads it (needs network)
 
 
-def _hub_id(name_or_path: str) -> Optional[str]:
-    """The hub id `name_or_path` stands for, or None (a GGUF, a local path, or a name resolve_source refuses)."""
+def _hub_id(name_or_path: str, hub: str = "huggingface") -> Optional[str]:
+    """The Hugging Face hub id `name_or_path` stands for, or None (a GGUF, a local path, another hub's id, or a name
+    resolve_source refuses)."""
+    if split_hub(name_or_path, hub)[0] != "huggingface":
+        return None
     named = named_models().get(name_or_path)
     if named is not None:
         return None if named.package else named.hub_id
@@ -55,6 +67,18 @@ def _hub_id(name_or_path: str) -> Optional[str]:
     if p.suffix == ".gguf" or p.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
         return None
     return name_or_path
+
+
+def hub_model_id(cfg: ModelConfig) -> Optional[str]:
+    """The hub id a model card names as `base_model`: a hub id as given (without a `modelscope:` prefix), a registry
+    name's hub id; None for a local directory or file."""
+    which, repo = split_hub(cfg.name_or_path, cfg.hub)
+    if repo != cfg.name_or_path or which != "huggingface":
+        return repo if repo.count("/") == 1 and not Path(repo).expanduser().exists() else None
+    named = named_models().get(cfg.name_or_path)
+    if named is not None:
+        return named.hub_id
+    return _hub_id(cfg.name_or_path)
 
 
 def check_reachable(cfg: ModelConfig) -> None:
@@ -69,7 +93,7 @@ def check_reachable(cfg: ModelConfig) -> None:
     if cfg.tokenizer:
         wanted.append(("model.tokenizer", cfg.tokenizer, "tokenizer_config.json"))
     for key, name, probe in wanted:
-        hub = _hub_id(name)
+        hub = _hub_id(name, cfg.hub)
         if hub is not None and not isinstance(try_to_load_from_cache(hub, probe, revision=cfg.revision), str):
             raise ConfigError(
                 f"{key}={name} is the hub repository {hub}, but the hub is switched off (HF_HUB_OFFLINE=1) and it is "
@@ -129,7 +153,7 @@ def load_tokenizer(cfg: ModelConfig):
     source = cfg.tokenizer or cfg.name_or_path
     if cfg.random_init and cfg.tokenizer is None and _random_init_type(cfg.name_or_path):
         source = DEFAULT_MODEL  # a family name has no tokenizer of its own: borrow the default one
-    path = resolve_source(source)
+    path = resolve_source(source, cfg.hub, cfg.revision)
     tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=_trust(cfg, None))
     if tok.pad_token is None:
         # Labels mask padding by attention, so reusing EOS as pad is safe (the collator never trains pad positions).
@@ -169,7 +193,8 @@ def load_config(cfg: ModelConfig, convert: bool = True):
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     else:
         config = AutoConfig.from_pretrained(
-            resolve_source(cfg.name_or_path), revision=cfg.revision, trust_remote_code=bool(cfg.trust_remote_code)
+            resolve_source(cfg.name_or_path, cfg.hub, cfg.revision), revision=cfg.revision,
+            trust_remote_code=bool(cfg.trust_remote_code)
         )
     for key in cfg.config_overrides:
         if not hasattr(config, key) and key not in ("head_dim",):
@@ -212,11 +237,11 @@ def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = N
             with tempfile.TemporaryDirectory(prefix="ember-random-") as tmp:
                 model.save_pretrained(tmp)
                 model = auto.from_pretrained(
-                    tmp, dtype=dtype, quantization_config=quantization_config, device_map=_device_map(),
+                    tmp, dtype=dtype, quantization_config=quantization_config, **_placement(cfg, True),
                     trust_remote_code=_trust(cfg, family), **kwargs,
                 )
     else:
-        source = resolve_source(cfg.name_or_path)
+        source = resolve_source(cfg.name_or_path, cfg.hub, cfg.revision)
         model = auto.from_pretrained(
             source,
             config=config,
@@ -224,10 +249,19 @@ def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = N
             revision=cfg.revision,
             trust_remote_code=_trust(cfg, family),
             quantization_config=quantization_config,
-            **({"device_map": _device_map()} if quantization_config is not None else {}),
+            **_placement(cfg, quantization_config is not None),
             **kwargs,
         )
     return model
+
+
+def _placement(cfg: ModelConfig, quantized: bool) -> dict[str, Any]:
+    """from_pretrained's placement: `model.device_map` (naive model parallelism over the GPUs, with its
+    `max_memory`), else the process's own device for a quantized model (bitsandbytes places while loading)."""
+    if cfg.device_map is not None:
+        memory = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in cfg.max_memory.items()}
+        return {"device_map": cfg.device_map, **({"max_memory": memory} if memory else {})}
+    return {"device_map": _device_map()} if quantized else {}
 
 
 def _device_map():

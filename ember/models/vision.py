@@ -66,7 +66,8 @@ def image_tokens_for(cfg: ModelConfig, tokenizer):
     if cfg.random_init:
         raise ConfigError("model.random_init builds no processor for an image-text model: start from a model "
                           "directory that has one (docs/multimodal.md shows how to build a small one)")
-    processor = load_processor(resolve_source(cfg.name_or_path), tokenizer, cfg.revision, _trust(cfg, family))
+    source = resolve_source(cfg.name_or_path, cfg.hub, cfg.revision)
+    processor = load_processor(source, tokenizer, cfg.revision, _trust(cfg, family))
     return image_tokens(processor, family, config)
 
 
