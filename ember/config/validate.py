@@ -75,8 +75,53 @@ def validate(cfg: EmberConfig) -> EmberConfig:
         )
     if train.deepspeed:
         _check_deepspeed(train.deepspeed)
+    _check_hub(cfg)
+    _check_device_map(cfg)
     _check_hardware(cfg)
     return cfg
+
+
+def _check_hub(cfg: EmberConfig) -> None:
+    repo = cfg.output.push_to_hub
+    if repo is not None and (repo.count("/") != 1 or repo.startswith("/") or repo.endswith("/") or " " in repo):
+        raise ConfigError(f"output.push_to_hub={repo!r} is not a repository id: write ORG/NAME (e.g. alice/my-lora)")
+    if (repo is not None and cfg.output.hub == "modelscope") or cfg.model.hub == "modelscope" or any(
+            name and name.startswith("modelscope:") for name in (cfg.model.name_or_path, cfg.model.tokenizer)):
+        if importlib.util.find_spec("modelscope") is None:
+            raise ConfigError("ModelScope (model.hub / a modelscope: id / output.hub) needs the modelscope package: "
+                              "pip install 'ember[modelscope]'")
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_device_map(cfg: EmberConfig) -> None:
+    """Naive model parallelism: one process runs layers spread over the GPUs; every launcher that starts a process
+    per GPU (torchrun, accelerate, DeepSpeed, FSDP) places whole copies or shards instead."""
+    import os
+
+    model = cfg.model
+    if model.device_map is None:
+        if model.max_memory:
+            raise ConfigError("model.max_memory applies with model.device_map (e.g. auto); set both or neither")
+        return
+    if model.device_map not in DEVICE_MAPS:
+        raise ConfigError(f"model.device_map={model.device_map!r}: choose one of {', '.join(DEVICE_MAPS)}")
+    if model.random_init:
+        raise ConfigError("model.device_map places loaded weights; a random_init model is built on one device: "
+                          "remove model.device_map (or save the model and load it)")
+    sharded = [name for name, on in (
+        ("train.deepspeed", bool(cfg.train.deepspeed)),
+        ("FSDP (train.extra.fsdp / accelerate)", bool(cfg.train.extra.get("fsdp"))
+         or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"),
+        ("DeepSpeed (accelerate)", os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"),
+        (f"{os.environ.get('WORLD_SIZE')} processes (torchrun / accelerate launch)",
+         int(os.environ.get("WORLD_SIZE", "1")) > 1)) if on]
+    if sharded:
+        raise ConfigError(
+            f"model.device_map={model.device_map} splits one model over the GPUs inside one process, which cannot "
+            f"be combined with {sharded[0]}: run a single process (`ember train`, no launcher) or remove "
+            "model.device_map")
 
 
 def _check_numbers(train, embedding_lr=None) -> None:
@@ -184,11 +229,12 @@ def _check_reporting(train) -> None:
         if not found:
             raise ConfigError(f"train.report_to={name} needs the '{module}' package, which is not installed: "
                               f"pip install {module} (or train.report_to=none)")
-    if train.extra.get("push_to_hub"):
+    hub_keys = [k for k in ("push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo") if k in train.extra]
+    if hub_keys:
         raise ConfigError(
-            "train.extra.push_to_hub: ember train does not upload while training (checkpoints are sealed and "
-            "renamed locally; a run directory is complete only at the end); upload the finished run with "
-            "`huggingface-cli upload ORG/NAME OUTPUT_DIR`, and remove push_to_hub"
+            f"train.extra.{hub_keys[0]}: the Trainer's own upload is not used (it can push a checkpoint while it is "
+            "still being written); set output.push_to_hub: ORG/NAME instead (with output.hub, output.hub_private, "
+            "output.push_strategy: end | every_save), and remove train.extra." + ", train.extra.".join(hub_keys)
         )
 
 

@@ -9,6 +9,11 @@ from typing import Any, Optional
 RUN_CONFIG = "ember_run.yaml"
 TEMPLATE_INFO = "ember_template.json"
 DATA_REPORT = "data_report.json"
+METRICS = "metrics.json"  # the final metrics of `ember train` (train_loss, eval_loss, ...)
+TRAINER_STATE = "trainer_state.json"  # transformers' log history of the run
+# `ember eval ... --out DIR` writes DIR/scores.json: flat metric name -> number, plus these non-numeric sections.
+EVAL_SCORES = "scores.json"
+EVAL_SECTIONS = ("meta", "subjects", "categories", "table")
 
 
 def write_metadata(directory: Path, config_yaml: str, template: Optional[dict[str, Any]], tokenizer=None) -> None:

@@ -14,11 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ember.core.artifacts import EVAL_SCORES as SCORES, EVAL_SECTIONS as SECTIONS
 from ember.errors import EmberError
 
-SCORES = "scores.json"
 ITEMS = "items.jsonl"
-SECTIONS = ("meta", "subjects", "categories", "table")
 
 
 def run_dir(path: str | os.PathLike) -> Path:

@@ -155,7 +155,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         eval_dataset=stage.dataset(prepared.data.eval) if prepared.data.eval else None,
         data_collator=stage.collator(tokenizer, cfg.data.packing),
         processing_class=prepared.processor or tokenizer,  # what checkpoints save: the processor holds the tokenizer
-        callbacks=[*([LossPlotCallback()] if cfg.output.plot_loss else []), *callbacks],
+        callbacks=[*([LossPlotCallback()] if cfg.output.plot_loss else []), *_upload_callbacks(cfg), *callbacks],
         optimizers=(_optimizer(model, args, cfg), None),
         metadata=metadata,
         guard=guard,
@@ -182,7 +182,20 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         write_metadata(out, tokenizer=prepared.processor or tokenizer, **metadata)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     say(f"saved to {out}  (train loss {metrics.get('train_loss', float('nan')):.4f})")
+    if cfg.output.push_to_hub and trainer.is_world_process_zero():
+        from ember.training.hub import push_run
+
+        push_run(cfg, out)  # after every file is written: a failed upload loses nothing
+        say(f"uploaded {out} to {cfg.output.hub}:{cfg.output.push_to_hub}")
     return TrainResult(out, metrics, trainable, total)
+
+
+def _upload_callbacks(cfg: EmberConfig) -> list[Any]:
+    if not (cfg.output.push_to_hub and cfg.output.push_strategy == "every_save"):
+        return []
+    from ember.training.hub import CheckpointUpload
+
+    return [CheckpointUpload(cfg, say)]
 
 
 def _plan_line(cfg: EmberConfig) -> str:

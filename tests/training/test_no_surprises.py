@@ -119,7 +119,8 @@ def test_asking_for_whole_embedding_matrices_still_trains_them(tiny_run_config, 
     (["train.report_to=[tensorboard, wandb]"], "train.report_to=wandb needs the 'wandb' package"),
     (["train.report_to=wandbb"], "train.report_to: 'wandbb' is not a logger transformers knows; choose from "
                                  "azure_ml, clearml, "),
-    (["train.extra={push_to_hub: true}"], "train.extra.push_to_hub: ember train does not upload while training"),
+    (["train.extra={push_to_hub: true}"], r"train.extra.push_to_hub: the Trainer's own upload is not used .*; set "
+                                          r"output.push_to_hub: ORG/NAME instead"),
     (["model.name_or_path=nobody/not-cached", "model.random_init=false"],
      r"model.name_or_path=nobody/not-cached is the hub repository nobody/not-cached, but the hub is switched off "
      r"\(HF_HUB_OFFLINE=1\) and it is not in the local cache \(.*\): download it once with the network on "
