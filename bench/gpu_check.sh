@@ -13,6 +13,7 @@
 #   smol_fsdp2       FSDP2 through accelerate (examples/accelerate/fsdp.yaml, one process), full
 #   smol_lora_fa2    FlashAttention 2 instead of SDPA (skipped when flash_attn is not installed)
 #   smol_zero3_accel ZeRO-3 through `accelerate launch --config_file examples/accelerate/zero3.yaml`
+#   smol_device_map  naive model parallelism: model.device_map=auto + max_memory per GPU, one process (not tiny mode)
 # Steps run in that order while the time budget lasts (GPU_CHECK_BUDGET seconds, default 450); a step that would
 # not fit is recorded as skipped. Each writes OUTDIR/NAME.log, NAME.rc and (from gpu_run.py) NAME.json; the end
 # writes OUTDIR/summary.md, summary.json, env.txt and bundle.tgz (everything). SmolLM2's weights (538 MB) cannot
@@ -163,6 +164,24 @@ fi
 step smol_zero3_accel 45 150 "${ACCEL1[@]}" --config_file examples/accelerate/zero3.yaml "${AFTER_ACCEL[@]}" \
   --name smol_zero3_accel "${SMOL_ARGS[@]}" method.type=full train.learning_rate=1e-5 \
   "output.dir=$WORK/runs/smol_zero3_accel" "${TINY_SMOL[@]}"
+# Naive model parallelism: model.device_map=auto with a max_memory cap per visible GPU, one process (on one GPU this
+# checks the placement path only; with several, the layers spread over them). device_map places loaded weights, so
+# a random model of SmolLM2's architecture is saved first when .whl/smollm2 has no weights. Needs a GPU.
+if [ "$TINY" = 1 ]; then
+  echo "skipped: needs a GPU (device_map places weights on GPUs)" > "$OUT/smol_device_map.rc"
+else
+  DM_MODEL=$SMOL
+  if [ ! -f "$SMOL/model.safetensors" ]; then
+    DM_MODEL=$WORK/smol_saved
+    "$PY" -c "import sys; from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(sys.argv[1])).save_pretrained(sys.argv[2])
+AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])" "$SMOL" "$DM_MODEL" \
+      > "$OUT/smol_device_map.prep.log" 2>&1
+  fi
+  MAXMEM=$("$PY" -c "import torch; print('{' + ', '.join(f'{i}: 40GiB' for i in range(torch.cuda.device_count())) + '}')")
+  step smol_device_map 40 120 "${RUN[@]}" --name smol_device_map "$WORK/smol.yaml" "model.name_or_path=$DM_MODEL" \
+    model.device_map=auto "model.max_memory=$MAXMEM" "output.dir=$WORK/runs/smol_device_map"
+fi
 
 echo "total: $((SECONDS - START))s of steps" | tee -a "$OUT/env.txt"
 "$PY" bench/gpu_summary.py "$OUT" > "$OUT/summary.md" 2> "$OUT/summary.err"
