@@ -7,7 +7,10 @@ template's stop tokens, so `generate` ends a turn where training taught it to.
 The base is loaded the way chat loads it (fp32 on CPU), so a QLoRA adapter is merged into the de-quantised base:
 the merged weights equal base + B·A exactly, but the 4-bit base the adapter was trained against differed from
 the fp32 base by the quantisation error (NF4: typically 1e-2 relative per weight), so the merged model's logits
-differ from the quantised base + adapter by about that much. Embedding and lm_head keep the model's row count,
+differ from the quantised base + adapter by about that much. A GPTQ/AWQ base (a checkpoint quantized before
+training) is instead de-quantised to exactly the weights its kernel multiplies by, so there the merged model equals
+the quantised base + adapter up to fp32 rounding (tests/models/test_gptq.py measures it). Embedding and lm_head
+keep the model's row count,
 which may exceed the tokenizer's size after a vocabulary extension (rows padded to a multiple of 64).
 """
 
@@ -41,7 +44,7 @@ def merge(model: str, adapter: Optional[str] = None) -> Merged:
     from ember.inference.loading import load_for_inference
     from ember.core.artifacts import read_template_info
 
-    loaded = load_for_inference(model, adapter, dtype="float32")
+    loaded = load_for_inference(model, adapter, dtype="float32", dequantize=True)
     net = loaded.model
     if hasattr(net, "merge_and_unload"):
         net = net.merge_and_unload()

@@ -48,8 +48,10 @@ def _image_tokens(net, tokenizer, token_dir: Optional[Path], base_cfg: ModelConf
     return image_tokens(processor, family, net.config)
 
 
-def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "auto") -> LoadedModel:
-    """`model`: an Ember output dir (adapter or full weights), a HF dir, a .gguf file or a registry name."""
+def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "auto",
+                       dequantize: bool = False) -> LoadedModel:
+    """`model`: an Ember output dir (adapter or full weights), a HF dir, a .gguf file or a registry name.
+    `dequantize`: a GPTQ/AWQ base becomes plain `nn.Linear` layers before the adapter attaches (export merges)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -76,6 +78,11 @@ def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     net = load_model(base_cfg, vocab_size=len(tokenizer))
+    if dequantize:
+        from ember.models.quantized import dequantize as dequantize_layers, is_prequantized
+
+        if is_prequantized(net):
+            dequantize_layers(net)
     if net.get_input_embeddings().weight.shape[0] < len(tokenizer):
         net.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     if adapter_dir is not None:

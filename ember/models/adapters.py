@@ -60,6 +60,12 @@ def apply_method(model, method: MethodConfig, family: Optional[Family], gradient
     if parts is None and (method.train_vision or method.train_projector):
         raise ConfigError("method.train_vision / method.train_projector apply to image-text models; this model "
                           f"({type(model).__name__}) has no vision tower: set them to false")
+    from ember.models.quantized import checkpoint_quantization, is_prequantized, linear_targets
+
+    prequantized = is_prequantized(model)
+    if prequantized and method.type not in ("lora", "qlora"):
+        raise ConfigError(f"the base is a quantized checkpoint ({checkpoint_quantization(model.config)}); "
+                          f"its weights cannot train with method.type={method.type}: use method.type=lora")
     if method.type == "full":
         for name, p in model.named_parameters():
             p.requires_grad_(parts is None or _vision_trainable(name, parts, method, default=True))
@@ -68,10 +74,11 @@ def apply_method(model, method: MethodConfig, family: Optional[Family], gradient
         return _freeze(model, method, parts)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if method.type == "qlora":
-        from ember.models.compat import keep_4bit_trainable_on_cpu
+    if method.type == "qlora" or prequantized:  # a GPTQ/AWQ base is frozen and prepared like a QLoRA one
+        from ember.models.compat import keep_4bit_trainable_on_cpu, keep_gptq_trainable_on_cpu
 
         keep_4bit_trainable_on_cpu(model)
+        keep_gptq_trainable_on_cpu(model)
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=gradient_checkpointing,
@@ -81,7 +88,10 @@ def apply_method(model, method: MethodConfig, family: Optional[Family], gradient
         targets = _image_text_targets(model, lora_targets(method, family), method, parts)
         to_save = list(method.modules_to_save) + ([parts.projector] if method.train_projector else [])
     else:
-        targets = _in_last_layers(model, lora_targets(method, family), method.lora_layers)
+        targets = lora_targets(method, family)
+        if prequantized and targets == "all-linear":  # peft's "all-linear" matches nn.Linear only
+            targets = linear_targets(model)
+        targets = _in_last_layers(model, targets, method.lora_layers)
         to_save = list(method.modules_to_save)
     config = LoraConfig(
         r=method.rank,

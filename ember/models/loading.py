@@ -241,7 +241,12 @@ def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = N
                     trust_remote_code=_trust(cfg, family), **kwargs,
                 )
     else:
+        from ember.models.quantized import checkpoint_quantization, check_loadable
+
         source = resolve_source(cfg.name_or_path, cfg.hub, cfg.revision)
+        check_loadable(config, cfg.name_or_path, requantize=quantization_config is not None)
+        # A GPTQ/AWQ checkpoint is quantized by transformers from its own config.json, placed like a bnb model.
+        quantized = quantization_config is not None or checkpoint_quantization(config) is not None
         model = auto.from_pretrained(
             source,
             config=config,
@@ -249,7 +254,7 @@ def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = N
             revision=cfg.revision,
             trust_remote_code=_trust(cfg, family),
             quantization_config=quantization_config,
-            **_placement(cfg, quantization_config is not None),
+            **_placement(cfg, quantized),
             **kwargs,
         )
     return model
