@@ -10,8 +10,7 @@ the fp32 base by the quantisation error (NF4: typically 1e-2 relative per weight
 differ from the quantised base + adapter by about that much. A GPTQ/AWQ base (a checkpoint quantized before
 training) is instead de-quantised to exactly the weights its kernel multiplies by, so there the merged model equals
 the quantised base + adapter up to fp32 rounding (tests/models/test_gptq.py measures it). Embedding and lm_head
-keep the model's row count,
-which may exceed the tokenizer's size after a vocabulary extension (rows padded to a multiple of 64).
+keep the model's row count, which may exceed the tokenizer's size after a vocabulary extension (rows padded to a multiple of 64).
 """
 
 from __future__ import annotations
