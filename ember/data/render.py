@@ -54,6 +54,10 @@ class Encoded:
     # (message index, first token, end token) of every assistant answer's span; truncation cuts at these boundaries
     answers: Optional[list[tuple[int, int, int]]] = field(default=None, repr=False, compare=False)
     images: Optional[list[bytes]] = field(default=None, repr=False)  # the sample's images, in token order
+    # The rendered text and each token's character span, kept on a whole conversation's encoding so truncation can
+    # cut windows out of it (ember.data.truncation); never stored with the samples.
+    text: Optional[str] = field(default=None, repr=False, compare=False)
+    offsets: Optional[list[tuple[int, int]]] = field(default=None, repr=False, compare=False)
 
     @property
     def trained_tokens(self) -> int:
@@ -85,6 +89,9 @@ class Renderer:
         self._tool_list_native = re.search(r"\btools\b", self.source) is not None
         self.layout = SpanLayout()
         self.render_calls = 0  # template renders so far (tests pin the per-conversation cost with it)
+        # Tokens the template puts before the first round, by system prompt and tools: truncation's estimate of
+        # where round 0 starts (ember.data.truncation; an estimate only, every sample it picks is proven or encoded).
+        self.system_block_tokens: dict[tuple, int] = {}
         self.images: Any = None  # ember.data.vision.ImageTokens for a model that reads images
 
     # -- identity ---------------------------------------------------------------------------------------------
@@ -150,6 +157,18 @@ class Renderer:
 
     def render_text(self, messages: Sequence[Message], add_generation_prompt: bool = False, tools=None) -> str:
         return self._render(self.template_messages(messages, tools), add_generation_prompt, tools)
+
+    @functools.cached_property
+    def hard_split_ids(self) -> frozenset[int]:
+        """Added tokens the tokenizer always splits at, whatever text surrounds them: matched before normalisation,
+        no lstrip (which would take the whitespace before them), and no added token holds their first character
+        anywhere but at its start (so no match can begin earlier and straddle them). Text on either side of such a
+        token is tokenised on its own, which lets truncation cut a conversation's encoding there instead of
+        encoding the cut text again."""
+        added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+        inner = {ch for t in added.values() for ch in t.content[1:]}
+        return frozenset(i for i, t in added.items()
+                         if t.content and not (t.lstrip or t.normalized or t.single_word) and t.content[0] not in inner)
 
     @functools.cached_property
     def tool_call_format(self) -> Optional[str]:
@@ -312,7 +331,11 @@ class Renderer:
             ids, offsets = tokens[i] if i in tokens else self.tokenize(conv.messages, texts[i], tools=conv.tools)
             enc = self._label(conv, texts[i], ids, offsets, mask)
             images = [image for m in conv.messages for image in (m.images or ())]
-            out.append(self.images.expand(enc, images) if images else enc)
+            if images:
+                enc = self.images.expand(enc, images)
+            elif i in tokens:  # plain text (no content protected from the added tokens): ids follow offsets 1:1
+                enc.text, enc.offsets = texts[i], offsets
+            out.append(enc)
         return out
 
     def _label(self, conv: Conversation, text: str, ids: list[int], offsets, mask: str) -> Encoded:

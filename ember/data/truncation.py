@@ -10,7 +10,10 @@ alone does not fit is dropped. `left` / `right` cut tokens; `drop` drops long sa
 
 Every candidate sample is a real rendering of a shorter message list, so its prompt ids are the ones serving builds.
 Which rounds to keep is guessed from the token boundaries of the full encoding and then checked by encoding, so a
-conversation of R rounds costs a few encodings, not one per dropped round.
+conversation of R rounds costs a few encodings, not one per dropped round. Encoding a window is itself a cut of the
+full encoding when that is provably what the tokenizer gives (`_Rounds.cut`): the window renders to exactly the
+text of the full rendering's pieces, and every cut falls just before a token the tokenizer always splits at
+(`Renderer.hard_split_ids`, e.g. `<|im_start|>`); otherwise the window is rendered and tokenised.
 """
 
 from __future__ import annotations
@@ -124,7 +127,17 @@ class _Rounds:
         self.system = conv.messages[:1] if conv.system is not None else []
         self.rounds = _rounds(conv.messages[len(self.system):])
         self._encoded: dict[tuple, Encoded] = {}
+        self.round_starts = [len(self.system)]  # index of each round's first message
+        for messages in self.rounds:
+            self.round_starts.append(self.round_starts[-1] + len(messages))
         self.bounds = self._boundaries()
+        # Windows can be cut out of the full encoding (see `cut`) for the default mask, on plain text without
+        # per-message weights or warnings (whose wording names turns of the whole conversation).
+        hard = renderer.hard_split_ids
+        self.cuttable = (mask == "all_assistant" and enc.offsets is not None and not enc.warnings
+                         and enc.weights is None and self.bounds[0] < len(enc.input_ids)
+                         and (self.bounds[0] == 0 or enc.input_ids[self.bounds[0]] in hard)
+                         and all(x == IGNORE_INDEX for x in enc.labels[:self.bounds[0]]))
         # Whether estimates are exact for this conversation (the template renders rounds the same wherever they
         # stand, and tokenisation never merges across a round boundary): decided by the first window encoded.
         # While they are, a search decides by estimate and only the chosen window is encoded.
@@ -148,10 +161,15 @@ class _Rounds:
             ends = [end_of[i] for i in range(position - len(messages), position) if i in end_of]
             bounds[r + 1] = ends[-1] if ends else bounds[r]
         bounds[-1] = n
-        # What precedes round 0 (the system block, or a default one the template adds): measured on the last round
-        # alone, which truncation often needs anyway.
-        last = len(self.rounds) - 1
-        bounds[0] = max(0, min(bounds[1], len(self.window(last, last).input_ids) - (n - bounds[last])))
+        # What precedes round 0 (the system block, or a default one the template adds): measured on the shortest
+        # round after the first standing alone (its width in the full encoding does not depend on bounds[0]).
+        # It is the same for every conversation with this system prompt and these tools: measured once.
+        # A conversation of one round cannot measure it (its only window is itself).
+        key = (self.system[0].content if self.system else None, repr(self.conv.tools) if self.conv.tools else None)
+        if key not in self.renderer.system_block_tokens and len(self.rounds) > 1:
+            r = min(range(1, len(self.rounds)), key=lambda k: bounds[k + 1] - bounds[k])
+            self.renderer.system_block_tokens[key] = len(self._encode_window(r, r).input_ids) - (bounds[r + 1] - bounds[r])
+        bounds[0] = max(0, min(bounds[1], self.renderer.system_block_tokens.get(key, 0)))
         return bounds
 
     def estimate(self, first: int, last: int) -> int:
@@ -163,17 +181,57 @@ class _Rounds:
         `user_keep` keeps only that many trailing characters of round `first`'s user message."""
         key = (first, last, trained_from, user_keep)
         if key not in self._encoded:
-            messages = list(self.system)
-            for r in range(first, last + 1):
-                for m in self.rounds[r]:
-                    if trained_from is not None and r < trained_from and m.role == "assistant":
-                        m = replace(m, train=False)
-                    if r == first and user_keep is not None and m.role == "user":
-                        m = replace(m, content=m.content[len(m.content) - user_keep:] if user_keep else "")
-                    messages.append(m)
-            conv = Conversation(messages, self.conv.source, self.conv.tools, self.conv.meta)
+            cut = self.cut(first, last, trained_from) if user_keep is None else None
+            self._encoded[key] = cut if cut is not None else self._encode_window(first, last, trained_from, user_keep)
+        return self._encoded[key]
+
+    def _messages(self, first: int, last: int, trained_from: Optional[int], user_keep: Optional[int]) -> list[Message]:
+        messages = list(self.system)
+        for r in range(first, last + 1):
+            for m in self.rounds[r]:
+                if trained_from is not None and r < trained_from and m.role == "assistant":
+                    m = replace(m, train=False)
+                if r == first and user_keep is not None and m.role == "user":
+                    m = replace(m, content=m.content[len(m.content) - user_keep:] if user_keep else "")
+                messages.append(m)
+        return messages
+
+    def _encode_window(self, first: int, last: int, trained_from: Optional[int] = None,
+                       user_keep: Optional[int] = None) -> Encoded:
+        key = (first, last, trained_from, user_keep, "encoded")
+        if key not in self._encoded:
+            conv = Conversation(self._messages(first, last, trained_from, user_keep), self.conv.source,
+                                self.conv.tools, self.conv.meta)
             self._encoded[key] = self.renderer.encode(conv, self.mask)
         return self._encoded[key]
+
+    def cut(self, first: int, last: int, trained_from: Optional[int] = None) -> Optional[Encoded]:
+        """[system] + rounds first..last cut out of the full encoding, or None when that is not provably the
+        window's own encoding. Proof: the window renders to exactly the full text's system block followed by the
+        text of rounds first..last, and each cut (the start of round `first`, the end of round `last`, the end of
+        the system block) falls just before a token the tokenizer always splits at, so each side is tokenised on its
+        own — the same tokens here as in the full text. Labels follow: answers before `trained_from` become context."""
+        if not self.cuttable:
+            return None
+        enc, bounds, n = self.enc, self.bounds, len(self.enc.input_ids)
+        begin, end, system = bounds[first], bounds[last + 1], bounds[0]
+        hard = self.renderer.hard_split_ids
+        if begin >= end or enc.input_ids[begin] not in hard or (end < n and enc.input_ids[end] not in hard):
+            return None
+        offsets, full = enc.offsets, enc.text
+        assert offsets is not None and full is not None
+        text = self.renderer.render_text(self._messages(first, last, trained_from, None), tools=self.conv.tools)
+        system_chars, begin_char = offsets[system][0] if system else 0, offsets[begin][0]
+        end_char = offsets[end][0] if end < n else len(full)
+        if text != full[:system_chars] + full[begin_char:end_char]:
+            return None
+        shift = system - begin
+        labels = [IGNORE_INDEX] * system + enc.labels[begin:end]
+        context_end = bounds[trained_from] if trained_from is not None and trained_from > first else begin
+        labels[system: system + context_end - begin] = [IGNORE_INDEX] * (context_end - begin)
+        moved = self.round_starts[first] - len(self.system)  # messages dropped between the system and round `first`
+        answers = [(i - moved, a + shift, b + shift) for i, a, b in enc.answers or () if begin <= a and b <= end]
+        return Encoded(enc.input_ids[:system] + enc.input_ids[begin:end], labels, enc.source, answers=answers)
 
     def fits(self, enc: Encoded) -> bool:
         return len(enc.input_ids) <= self.max_length
@@ -241,7 +299,9 @@ class _Rounds:
                 guess = next((k for k in range(span, 0, -1) if self.estimate(start, start + k - 1) <= self.max_length), 1)
                 fewest_dropped = _smallest(-1, span - 1, span - guess,
                                            lambda d: self.window_fits(start, start + span - 1 - d, start))
-                if fewest_dropped is None or self.checked(start, start + span - 1 - fewest_dropped, start):
+                # Trusted estimates: the window with context below is the one encoded and checked, not this one.
+                if fewest_dropped is None or self.trusted or self.checked(start, start + span - 1 - fewest_dropped,
+                                                                          start):
                     break
             if fewest_dropped is None:  # the round does not fit even alone: cut its question, then its answer
                 sample, answer_lost = self._squeeze(start)
@@ -257,7 +317,9 @@ class _Rounds:
                 first = _smallest(-1, start, guess, lambda c: self.window_fits(c, last, start))
                 if first is None or self.checked(first, last, start):
                     break
-            sample = self.window(first if first is not None else start, last, start)
+            if first is None:  # the estimate trusted above was wrong: even rounds start..last alone do not fit
+                continue  # estimates are no longer trusted, so this search encodes every window it tries
+            sample = self.window(first, last, start)
             if sample.trained_tokens:
                 samples.append(replace(sample, truncated=True, turns_dropped=0))
             start = last + 1
@@ -279,13 +341,28 @@ class _Rounds:
         if first_answer > budget and user.role == "user":
             size = len(user.content)
             guess = 1 + (first_answer - budget) * size // first_answer
-            cut = _smallest(0, size, guess,
-                            lambda k: self._answer_start(self.window(index, index, index, size - k)) <= budget)
+            # Where the answer starts depends on the question only: probe with the question (cheap), not the round.
+            header = self._prompt_length(index, 0)
+            cut = _smallest(0, size, guess, lambda k: header + self._text_length(user.content[k:]) <= budget)
             alone = self.window(index, index, index, size - cut if cut is not None else 0)
         sample = _cut(alone, slice(0, self.max_length))
         if sample.trained_tokens == 0:
             return None, whole
         return replace(sample, turns_dropped=0), max(whole - sample.trained_tokens, 0)
+
+    def _prompt_length(self, index: int, user_keep: int) -> int:
+        """Tokens before round `index`'s answer when it stands alone with `user_keep` characters of its question:
+        the generation prompt's length. With no question, the cost of everything but the question; the search adds
+        the question's own tokens to it (a choice of where to cut, so it need not be exact: the sample is encoded)."""
+        user = self.rounds[index][0]
+        question = replace(user, content=user.content[len(user.content) - user_keep:] if user_keep else "")
+        return len(self.renderer.prompt_ids([*self.system, question], tools=self.conv.tools))
+
+    def _text_length(self, text: str) -> int:
+        backend = getattr(self.renderer.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return len(backend.encode(text, add_special_tokens=False).ids)
+        return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @staticmethod
     def _answer_start(enc: Encoded) -> int:
