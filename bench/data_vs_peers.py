@@ -4,13 +4,14 @@ The same inputs for all: the real multi-turn ShareGPT-zh set (sft/medicalgpt/sha
 conversations) and the single-turn alpaca_zh_demo set (sft/llamafactory/alpaca_zh_demo.json, 1,000 records) from
 ../shared/data ($EMBER_SHARED_DATA), the same SmolLM2 tokenizer (the embedded default: the directory Ember converts
 its GGUF into, $EMBER_CACHE/gguf/<hash>/, handed to every tool) and the same length limit (1024, then 512):
-- Ember: `ember data export CFG --out F` (data.cache=false, on_error=skip), run through `ember.cli.main`;
+- Ember: `ember data prepare CFG` (on_error=skip, an empty cache folder: everything is processed, then written as
+  the Arrow cache `ember train` reads), run through `ember.cli.main`;
 - LLaMA-Factory 0.9.5: `get_dataset` with `tokenized_path` (what `llamafactory-cli train` runs first), template
   `smollm2`, `overwrite_cache: true`;
 - TRL 1.16.0: `SFTTrainer(...)` construction, which prepares the dataset (ChatML conversion, chat template,
   tokenisation, labels, truncation to `max_length`); the trainer gets a 2-layer model built before the clock starts.
 Each tool's timed section starts after its imports and includes loading the tokenizer, reading the file, converting
-the format, tokenising, labelling, truncating and writing the result (Ember: JSON lines; LLaMA-Factory: Arrow via
+the format, tokenising, labelling, truncating and writing the result (Ember: its Arrow cache; LLaMA-Factory: Arrow via
 save_to_disk; TRL: the datasets Arrow cache files). Workers: each tool's default unless `--num-proc N` sets all.
 Tokens/s divide ONE count per set by each tool's seconds: the tokens of every conversation rendered whole with
 SmolLM2's own chat template (default system prompt), before any length limit — the input all tools are given.
@@ -133,26 +134,26 @@ def child_ember(a) -> None:
     cfg = tmp / "data.yaml"
     cfg.write_text(json.dumps({  # JSON is YAML
         "stage": "sft", "model": {"name_or_path": a.model},
-        "data": {"datasets": [{"path": a.data}], "max_length": a.max_length, "on_error": "skip", "cache": False,
-                 **({"num_proc": a.num_proc} if a.num_proc else {})},
+        "data": {"datasets": [{"path": a.data}], "max_length": a.max_length, "on_error": "skip",
+                 "cache_dir": str(tmp / "cache"), **({"num_proc": a.num_proc} if a.num_proc else {})},
         "output": {"dir": str(tmp / "run")},
     }))
-    out = tmp / "samples.jsonl"
     from ember import cli
-    from ember.config import load_config
+    from ember.config import load_config, validate
 
-    import ember.data.preview  # noqa: F401
     import ember.training.prepare  # noqa: F401
 
     cli.build_parser()  # imports the command modules, as the imports of the other tools happen before their clocks
     peers.warm_imports()
     start = time.perf_counter()
-    code = cli.main(["data", "export", str(cfg), "--out", str(out)])
+    code = cli.main(["data", "prepare", str(cfg)])  # a fresh cache folder: everything is processed and written
     seconds = time.perf_counter() - start
     if code:
         raise SystemExit(code)
-    lengths = [len(json.loads(line)["input_ids"]) for line in out.open(encoding="utf-8")]
-    workers = load_config(str(cfg), []).data.num_proc  # None: Ember decides (the machine's cores, one for small sets)
+    config = validate(load_config(str(cfg), []))
+    data = ember.training.prepare.prepare_data(config, progress=False).data  # the cache just written, as train reads it
+    lengths = data.train.lengths() + data.eval.lengths()
+    workers = config.data.num_proc  # None: Ember decides (the machine's cores, one for small sets)
     peers.child_result(seconds=seconds, samples=len(lengths), tokens=sum(lengths), workers=workers)
 
 
@@ -271,7 +272,8 @@ def report(rows: list[dict], refs: dict, runs, args, synth: dict | None) -> str:
                      f"{ref['tokens'] / r['seconds']:>10,.0f} "
                      f"{r['rss_gb']:>7.2f}GB {r['vs_peer']:>14.2f}x")
     if synth:
-        lines += ["", f"# Ember cost per token: {synth['conversations']} conversation(s) of {synth['long']} rounds vs "
+        lines += ["", f"# Ember cost per token, one worker process: {synth['conversations']} conversation(s) of "
+                  f"{synth['long']} rounds vs "
                   f"{synth['conversations'] * synth['long'] // synth['short']} of {synth['short']} rounds, the same "
                   "ShareGPT-zh rounds", f"{'max_length':>10} {'rounds':>6} {'ref tokens':>10} {'timed s':>8} "
                   f"{'µs/token':>9} {'per-token cost vs ' + str(synth['short']) + ' rounds':>30}"]
@@ -367,8 +369,11 @@ def main() -> None:
                      "limits": [args.max_lengths[0], NO_LIMIT]}
             for limit in synth["limits"]:
                 for n, path in paths.items():
-                    jobs.append(peers.Job(f"ember {n}-round", "ember",
-                                          child_argv("ember", path, "sharegpt", limit, args, model),
+                    # One worker for both: the few long conversations would otherwise run in one process and the
+                    # many short ones in all of them, and the ratio would measure the pool, not the cost per token.
+                    argv = child_argv("ember", path, "sharegpt", limit, args, model)
+                    argv = argv[:argv.index("--num-proc")] if "--num-proc" in argv else argv
+                    jobs.append(peers.Job(f"ember {n}-round", "ember", argv + ["--num-proc", "1"],
                                           f"synth@{limit_name(limit)}"))
         runs, rows = peers.measure("data-vs-peers", jobs, args.repeats)
     peers.publish("data_vs_peers", report(rows, refs, runs, args, synth), start, args.record)

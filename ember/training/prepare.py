@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ember.config.schema import EmberConfig
-from ember.errors import DataError
+from ember.errors import ConfigError, DataError
 from ember.data.cache import load_or_process
 from ember.data.pipeline import ProcessedData
 from ember.data.render import Renderer
@@ -90,6 +90,22 @@ def _image_tokens(cfg: EmberConfig, tokenizer):
     if images is not None and cfg.data.packing:
         raise ConfigError("data.packing: batches with images are padded, not packed; set data.packing: false")
     return images
+
+
+def prepare_cache(cfg: EmberConfig) -> tuple[Path, bool, list[str]]:
+    """`ember data prepare`: build (or find) the processed-data cache entry this config trains on. Returns (its
+    folder, whether it was there already, the report's summary lines)."""
+    from ember.data.report import skip_summary
+
+    if not cfg.data.cache:
+        raise ConfigError("data.cache is false, so there is no cache to prepare: remove data.cache=false (or use "
+                          "`ember data export` to write the samples as JSON lines)")
+    prepared = prepare_data(cfg)
+    paths = [*prepared.data.train.paths, *prepared.data.eval.paths]
+    report = prepared.data.report
+    lines = [f"{report.read} records read, {report.train_samples} train / {report.eval_samples} eval samples, "
+             f"{report.total_tokens} tokens ({report.trained_tokens} trained)", *skip_summary(report)]
+    return paths[0].parent, prepared.from_cache, lines
 
 
 def export_samples(cfg: EmberConfig, out: Path, report_path: Optional[Path] = None) -> tuple[int, Path, list[str]]:

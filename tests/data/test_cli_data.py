@@ -143,3 +143,24 @@ def test_real_command_exits_2_without_traceback(config_file, tmp_path):
     assert result.stderr == (
         f"error: {cfg}.data.mask: 'last_asistant' is not one of all_assistant, last_assistant, all (did you mean 'last_assistant'?)\n"
     )
+
+
+def test_prepare_builds_the_cache_training_reads_and_finds_it_again(capsys, config_file, tmp_path):
+    from ember.config import load_config, validate
+    from ember.training.prepare import prepare_data
+
+    cfg = config_file()
+    code, out, err = _run(capsys, "data", "prepare", str(cfg))
+    assert (code, err) == (0, "")
+    entry = Path(out.splitlines()[-1].split(" the processed data in ")[1].split(" (")[0])
+    assert entry.parent == tmp_path / "cache" and (entry / "files.json").is_file()
+    assert out.splitlines()[0].startswith("2 records read, 2 train / 0 eval samples, ")
+    code, out, _ = _run(capsys, "data", "prepare", str(cfg))
+    assert code == 0 and out.splitlines()[-1].startswith(f"found the processed data in {entry} ")
+    prepared = prepare_data(validate(load_config(str(cfg), [])), progress=False)  # what `ember train` would load
+    assert prepared.from_cache and prepared.data.train.paths[0].parent == entry
+
+
+def test_prepare_refuses_a_config_without_a_cache(capsys, config_file):
+    code, out, err = _run(capsys, "data", "prepare", str(config_file(cache=False)))
+    assert code == 2 and "data.cache is false, so there is no cache to prepare" in err and "Traceback" not in err
