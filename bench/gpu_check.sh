@@ -14,6 +14,8 @@
 #   smol_lora_fa2    FlashAttention 2 instead of SDPA (skipped when flash_attn is not installed)
 #   smol_zero3_accel ZeRO-3 through `accelerate launch --config_file examples/accelerate/zero3.yaml`
 #   smol_device_map  naive model parallelism: model.device_map=auto + max_memory per GPU, one process (not tiny mode)
+#   smol_gptq_lora   LoRA (method.type: lora) on a GPTQ int4 base quantized in the script from SmolLM2 (skipped when
+#                    gptqmodel/optimum are not importable: the `gptq` extra)
 # Steps run in that order while the time budget lasts (GPU_CHECK_BUDGET seconds, default 450); a step that would
 # not fit is recorded as skipped. Each writes OUTDIR/NAME.log, NAME.rc and (from gpu_run.py) NAME.json; the end
 # writes OUTDIR/summary.md, summary.json, env.txt and bundle.tgz (everything). SmolLM2's weights (538 MB) cannot
@@ -181,6 +183,56 @@ AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])" "$SMOL"
   MAXMEM=$("$PY" -c "import torch; print('{' + ', '.join(f'{i}: 40GiB' for i in range(torch.cuda.device_count())) + '}')")
   step smol_device_map 40 120 "${RUN[@]}" --name smol_device_map "$WORK/smol.yaml" "model.name_or_path=$DM_MODEL" \
     model.device_map=auto "model.max_memory=$MAXMEM" "output.dir=$WORK/runs/smol_device_map"
+fi
+
+# GPTQ base + LoRA: the base is quantized here first (transformers' GPTQConfig through optimum + gptqmodel: 4-bit,
+# 16 random calibration sequences; on the GPU in fp16, in tiny mode on the CPU in fp32) from SmolLM2's weights or a
+# random model of its architecture, then trained as a plain LoRA run (Ember targets the quantized layers).
+if ! "$PY" -c "import gptqmodel, optimum" >/dev/null 2>&1; then
+  echo "skipped: gptqmodel/optimum are not importable (pip install 'ember[gptq]')" > "$OUT/smol_gptq_lora.rc"
+  echo "== smol_gptq_lora: SKIP (gptqmodel/optimum are not importable)"
+else
+  GPTQ_DIR=$WORK/smol_gptq
+  if [ -z "$ONLY" ] || [[ ",$ONLY," == *",smol_gptq_lora,"* ]]; then
+    timeout -k 10 240 "$PY" - "$SMOL" "$GPTQ_DIR" "$TINY" > "$OUT/smol_gptq_lora.prep.log" 2>&1 <<'PYTHON'
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+
+src, dst, tiny = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
+tok = AutoTokenizer.from_pretrained(src)
+if (Path(src) / "model.safetensors").is_file() and not tiny:
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+else:
+    config = AutoConfig.from_pretrained(src)
+    if tiny:
+        config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+model.save_pretrained(dst.with_name(dst.name + "_fp32"))
+tok.save_pretrained(dst.with_name(dst.name + "_fp32"))
+g = torch.Generator().manual_seed(1)
+calibration = [{"input_ids": torch.randint(0, len(tok), (1, 64), generator=g),
+                "attention_mask": torch.ones(1, 64, dtype=torch.long)} for _ in range(16)]
+cuda = torch.cuda.is_available() and not tiny
+q = GPTQConfig(bits=4, group_size=32 if tiny else 128, desc_act=False, dataset=calibration)
+model = AutoModelForCausalLM.from_pretrained(dst.with_name(dst.name + "_fp32"), quantization_config=q,
+                                             dtype=torch.float16 if cuda else torch.float32,
+                                             device_map="cuda" if cuda else "cpu")
+model.config.quantization_config.dataset = None  # tensors: not JSON, and not needed to load the checkpoint
+model.save_pretrained(dst)
+tok.save_pretrained(dst)
+print("gptq checkpoint:", dst, "quantized on", "cuda" if cuda else "cpu")
+PYTHON
+    [ $? -eq 0 ] || echo "GPTQ checkpoint not built, see smol_gptq_lora.prep.log" | tee -a "$OUT/env.txt"
+  fi
+  GPTQ_TINY=()
+  [ "$TINY" = 1 ] && GPTQ_TINY=(train.max_steps=5 train.bf16=null data.max_length=256 train.per_device_train_batch_size=2)
+  step smol_gptq_lora 40 120 "${RUN[@]}" --name smol_gptq_lora "$WORK/smol.yaml" "model.name_or_path=$GPTQ_DIR" \
+    "output.dir=$WORK/runs/smol_gptq_lora" "${GPTQ_TINY[@]}"
 fi
 
 echo "total: $((SECONDS - START))s of steps" | tee -a "$OUT/env.txt"
