@@ -8,7 +8,8 @@ and ends inside its glue is a property of the template, not of the content: we l
 exact prefix renders (calibration), then for every later answer whose glue is the same text we place the span by
 string comparison alone. Glue we have not seen (round numbers, tool calls, a template that varies by position) is
 computed exactly, so the result always equals the definition; the first conversations a renderer sees are checked
-both ways (audit) and any disagreement switches the renderer to exact spans for good.
+both ways (audit: their first answers and their last) and any disagreement switches the renderer to exact spans for
+good.
 
 A tool call without text is left unmarked: templates write the calls (JSON that differs per call) where the text
 would be, and many add a separator only when there is text, so a sentinel there would change the glue. Such a
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _OPEN, _CLOSE = "\ue000", "\ue001"
 AUDITED_CONVERSATIONS = 3  # conversations per renderer computed both ways
+AUDITED_ANSWERS = 8  # of each audited conversation: its first answers (and its last one) computed both ways
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 from ember.data.conversation import Conversation, Message
 from ember.data.images import IMAGE_MARKER
-from ember.data.layout import SpanLayout, build_skeleton, log as layout_log, sentinel
+from ember.data.layout import AUDITED_ANSWERS, SpanLayout, build_skeleton, log as layout_log, sentinel
 from ember.data.tokenize import holds_added_token, tokenize_with_offsets
 from ember.data.tools import calls_text, result_text, tools_text
 from ember.errors import ConfigError, DataError
@@ -287,10 +287,12 @@ class Renderer:
         if auditing:
             layout.audits_left -= 1
         spans = []
-        for i in answers:
+        for k, i in enumerate(answers):
             last = i == len(msgs) - 1
             placed = layout.place(skeleton, roles, calls, i + shift, last)
-            if placed is not None and not auditing:
+            # An audit checks a conversation's first answers and its last one: every glue shape shows there, and
+            # a long conversation audited whole would cost O(turns²) again.
+            if placed is not None and not (auditing and (k < AUDITED_ANSWERS or i == answers[-1])):
                 spans.append((i, *placed))
                 continue
             exact = self._exact_span(conv, text, i)

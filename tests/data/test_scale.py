@@ -45,6 +45,16 @@ def test_spans_cost_two_renders_per_conversation_whatever_its_length(fresh):
         assert fresh.render_calls - before == 2, rounds  # the conversation and its skeleton, nothing per turn
 
 
+def test_auditing_a_long_first_conversation_renders_the_prefixes_of_its_audited_answers_only(fresh):
+    from ember.data.layout import AUDITED_ANSWERS
+
+    conv = chat(160)
+    fresh.encode(conv)  # the renderer's first conversation: audited (placed spans checked against prefix renders)
+    assert fresh.render_calls <= 2 + 2 * (AUDITED_ANSWERS + 1)  # not 2 per answer: 160 answers would be 320
+    text = fresh.render_text(conv.messages)
+    assert fresh.assistant_spans(conv, text) == fresh.exact_spans(conv, text)
+
+
 @pytest.mark.parametrize("rounds", [1, 2, 7, 160])
 @pytest.mark.parametrize("system", [True, False])
 def test_linear_spans_equal_exact_prefix_rendering(fresh, rounds, system):
