@@ -167,15 +167,15 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init(recipe: Recipe, ctx: EncodeContext, record_paths: list[Path]) -> None:
-    _WORKER.update(recipe=recipe, ctx=ctx, paths=record_paths, table=None)
+    _WORKER.update(recipe=recipe, ctx=ctx, paths=record_paths)
 
 
 def _encode_task(rows: list[int], shard: Path) -> tuple[Path, DataReport]:
     w = _WORKER
-    if w["table"] is None:
-        w["table"] = read_table(w["paths"], w["recipe"].record_schema)
     recipe: Recipe = w["recipe"]
-    records = [recipe.row_record(r) for r in w["table"].take(rows).to_pylist()]
+    # The records are memory-mapped anew for each task and unmapped after it: a worker that kept the map would keep
+    # every page its (shuffled) rows ever touched resident, and its RSS would grow with the dataset.
+    records = [recipe.row_record(r) for r in read_table(w["paths"], recipe.record_schema).take(rows).to_pylist()]
     report = DataReport()
     with ArrowWriter(shard, recipe.shard_schema) as writer:
         for row in recipe.encode(records, w["ctx"], report):
