@@ -140,7 +140,14 @@ def build_meta_model(cfg: EmberConfig, gpu: bool):
             model = AutoModelForCausalLM.from_config(config, dtype=weight_dtype(cfg, gpu), trust_remote_code=trust, **kwargs)
     except (ValueError, ImportError) as exc:
         raise ConfigError(f"model.name_or_path={cfg.model.name_or_path}: cannot build it from its config ({_first_line(exc)})") from None
-    quantized = _quantized_weights(model) if cfg.method.type == "qlora" else set()
+    from ember.models.quantized import PREQUANTIZED, checkpoint_quantization
+
+    # A GPTQ/AWQ checkpoint: from_config builds plain Linears where its layers are int4/int8. Plan them as quantized
+    # weights (like QLoRA's) and adapt them as plain Linears (the meta model has no quantized layer to target).
+    prequantized = checkpoint_quantization(config) in PREQUANTIZED
+    if prequantized:
+        del model.config.quantization_config
+    quantized = _quantized_weights(model) if cfg.method.type == "qlora" or prequantized else set()
     model.config.use_cache = False
     model = apply_method(model, cfg.method, family, False)
     if stores_frozen_in_bf16(cfg, gpu):
@@ -158,6 +165,13 @@ def stores_frozen_in_bf16(cfg: EmberConfig, gpu: bool) -> bool:
     t = cfg.train
     bf16 = t.bf16 if t.bf16 is not None else ((gpu or bf16_supported()) and not t.fp16 and cfg.method.type != "qlora")
     return cfg.method.type == "lora" and bool(bf16) and not t.deepspeed
+
+
+def _checkpoint_bits(config) -> Optional[int]:
+    """The bits of a GPTQ/AWQ checkpoint's weights (its config.json's quantization_config), else None."""
+    q = getattr(config, "quantization_config", None)
+    bits = q.get("bits") if isinstance(q, dict) else getattr(q, "bits", None)
+    return int(bits) if bits else None
 
 
 def _quantized_weights(model) -> set[int]:
@@ -179,11 +193,17 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
     config = model.config
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     _, stack = decoder_stack(base)
-    bits = cfg.method.bits or 4
+    from ember.models.quantized import checkpoint_quantization
+
+    source = read_config(cfg)
+    bits = cfg.method.bits or _checkpoint_bits(source) or 4
+    # a GPTQ/AWQ checkpoint's int4 weights are counted with bitsandbytes' 4-bit storage (packed values plus
+    # per-group scales: within a few percent of either layout)
+    four_bit = checkpoint_quantization(source) or cfg.method.quant_type or "nf4"
     groups: dict[tuple[bool, str], list[int]] = {}
     for p in model.parameters():  # shared (tied) parameters come once
         if id(p) in quantized:
-            dtype, nbytes = (("int8", _int8_bytes(p)) if bits == 8 else (cfg.method.quant_type or "nf4", _4bit_bytes(p, cfg)))
+            dtype, nbytes = (("int8", _int8_bytes(p)) if bits == 8 else (four_bit, _4bit_bytes(p, cfg)))
         else:
             dtype, nbytes = str(p.dtype).removeprefix("torch."), p.numel() * p.element_size()
         entry = groups.setdefault((p.requires_grad, dtype), [0, 0])

@@ -80,3 +80,21 @@ def test_quantized_bytes_match_bitsandbytes(tiny_cfg, overrides):
     model = real_model(cfg)
     assert {(g.trainable, g.dtype): (g.numel, g.bytes) for g in shape.groups} == groups_of(model)
     assert {g.dtype for g in shape.groups if not g.trainable} == {"float32", "int8" if cfg.method.bits == 8 else "nf4"}
+
+
+def test_a_gptq_base_is_planned_with_its_linears_quantized_and_adapted(tiny_cfg, tmp_path):
+    from transformers import LlamaConfig
+
+    from tests.planning.conftest import TINY
+
+    config = LlamaConfig(**TINY)
+    config.quantization_config = {"quant_method": "gptq", "bits": 4, "group_size": 32}
+    config.save_pretrained(tmp_path)  # a GPTQ checkpoint's config.json: planning reads nothing else
+    shape = describe(tiny_cfg(f"model.name_or_path={tmp_path}", "model.random_init=false", "model.config_overrides={}"),
+                     gpu=False)
+    qlora = describe(tiny_cfg("method.type=qlora"), gpu=False)  # the same weights, 4-bit, the same storage rule
+    frozen = {g.dtype: (g.numel, g.bytes) for g in shape.groups if not g.trainable}
+    assert frozen["gptq"] == {g.dtype: (g.numel, g.bytes) for g in qlora.groups if not g.trainable}["nf4"]
+    assert frozen["gptq"][0] == 2 * (4 * 64 * 64 // 2 + 64 * 64 + 3 * 64 * 128)  # q,o 64x64; k,v 64x32; mlp 3x64x128
+    adapted = {lin.name for layer in shape.layers for lin in layer.linears if lin.lora_rank}
+    assert len(adapted) == 7 and all(lin.quantized for layer in shape.layers for lin in layer.linears)
