@@ -166,6 +166,8 @@ class _Rounds:
         # It is the same for every conversation with this system prompt and these tools: measured once.
         # A conversation of one round cannot measure it (its only window is itself).
         key = (self.system[0].content if self.system else None, repr(self.conv.tools) if self.conv.tools else None)
+        if len(self.renderer.system_block_tokens) >= 256:  # data whose every system prompt differs: stay bounded
+            self.renderer.system_block_tokens.clear()
         if key not in self.renderer.system_block_tokens and len(self.rounds) > 1:
             r = min(range(1, len(self.rounds)), key=lambda k: bounds[k + 1] - bounds[k])
             self.renderer.system_block_tokens[key] = len(self._encode_window(r, r).input_ids) - (bounds[r + 1] - bounds[r])
