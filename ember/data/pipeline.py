@@ -23,7 +23,7 @@ from ember.data.files import data_files, iter_file, iter_records, looks_like_hub
 from ember.data.recipes import EncodeContext, Recipe
 from ember.data.render import Renderer
 from ember.data.report import DataReport, NothingToTrain, tokenizer_warnings
-from ember.data.store import ArrowWriter, Rows, read_table
+from ember.data.store import ArrowWriter, Rows, read_table, take_rows
 from ember.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def _encode_task(rows: list[int], shard: Path) -> tuple[Path, DataReport]:
     recipe: Recipe = w["recipe"]
     # The records are memory-mapped anew for each task and unmapped after it: a worker that kept the map would keep
     # every page its (shuffled) rows ever touched resident, and its RSS would grow with the dataset.
-    records = [recipe.row_record(r) for r in read_table(w["paths"], recipe.record_schema).take(rows).to_pylist()]
+    records = [recipe.row_record(r) for r in take_rows(read_table(w["paths"], recipe.record_schema), rows)]
     report = DataReport()
     with ArrowWriter(shard, recipe.shard_schema) as writer:
         for row in recipe.encode(records, w["ctx"], report):

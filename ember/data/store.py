@@ -6,6 +6,8 @@ and build one row's Python objects only when it is asked for. A million conversa
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -107,6 +109,27 @@ class ArrowWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def take_rows(table: pa.Table, rows: Sequence[int]) -> list[dict[str, Any]]:
+    """table.take(rows).to_pylist(), batch by batch: Table.take first concatenates every chunk of a nested column
+    into one array (a copy of the whole table: its RSS grows with the dataset), taking from each record batch does
+    not."""
+    batches = table.to_batches()
+    starts = list(itertools.accumulate((b.num_rows for b in batches), initial=0))
+    order = sorted(range(len(rows)), key=rows.__getitem__)
+    out: list[Any] = [None] * len(rows)
+    i = 0
+    while i < len(order):
+        b = bisect.bisect_right(starts, rows[order[i]]) - 1
+        j = i
+        while j < len(order) and rows[order[j]] < starts[b + 1]:
+            j += 1
+        part = batches[b].take(pa.array([rows[order[k]] - starts[b] for k in range(i, j)])).to_pylist()
+        for k, row in zip(range(i, j), part, strict=True):
+            out[order[k]] = row
+        i = j
+    return out
 
 
 def read_table(paths: Sequence[Path], schema: pa.Schema) -> pa.Table:

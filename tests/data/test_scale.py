@@ -321,3 +321,18 @@ def test_cache_hit_maps_the_stored_samples(write, make_config, prepare, tmp_path
     assert all(str(p).startswith(str(tmp_path / "cache")) for p in second.data.train.paths)
     assert second.data.train.lengths() == [len(s.input_ids) for s in first.data.train]
     assert all(label == IGNORE_INDEX for label in second.data.train[0].labels[:3])
+
+
+def test_rows_are_taken_batch_by_batch_in_the_order_asked(tmp_path):
+    import pyarrow as pa
+
+    from ember.data.store import ArrowWriter, read_table, take_rows
+
+    schema = pa.schema([("n", pa.int64()), ("tags", pa.list_(pa.string()))])
+    with ArrowWriter(tmp_path / "r.arrow", schema, batch_rows=7) as writer:  # 50 rows in 8 record batches
+        for n in range(50):
+            writer.write({"n": n, "tags": [str(n)] * (n % 3)})
+    table = read_table([tmp_path / "r.arrow"], schema)
+    rows = [49, 0, 13, 7, 6, 13, 48, 21]
+    assert take_rows(table, rows) == table.take(rows).to_pylist()
+    assert [r["n"] for r in take_rows(table, rows)] == rows
