@@ -204,9 +204,9 @@ def _encode(rows: list[int], split: str, recipe: Recipe, ctx: EncodeContext, rec
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         parts: dict[int, DataReport] = {}
-        # Fresh workers every TASKS_PER_WORKER tasks each: with one pool for the whole run a worker's peak RSS grew
-        # with the dataset (663 MB at 100k records, 1,146 MB at 300k: bench/data_scale.py), though every task is
-        # the same size — freed Python objects rarely go back to the OS.
+        # Fresh workers every TASKS_PER_WORKER tasks each, so nothing a worker accumulates (heap fragmentation,
+        # library caches) outlives 8 tasks on a dataset of millions of records. (The growth bench/data_scale.py
+        # first showed came from Table.take, see store.take_rows.)
         per_pool = processes * TASKS_PER_WORKER
         for first in range(0, len(tasks), per_pool):
             with ProcessPoolExecutor(processes, multiprocessing.get_context(method), initializer=_init,
