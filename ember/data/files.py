@@ -102,29 +102,38 @@ def _too_big(source: str, size: int, limit: int) -> DataError:
                                    "limit or split the record")
 
 
-def _text_blocks(p: Path, f: IO[bytes], tell: Callable[[int], Any]) -> Iterator[tuple[int, str]]:
-    """(number of the first line, text) for blocks of whole lines; bad UTF-8 raises a DataError with line and column."""
-    line, rest, first = 1, b"", True
+def _decoded(p: Path, f: IO[bytes], tell: Callable[[int], Any],
+             cut: Callable[[bytes], int]) -> Iterator[tuple[int, str]]:
+    """(line of its first character, text) of the file read a chunk at a time, each block ending where `cut` says
+    (0: read on); the BOM dropped; bytes that are not UTF-8 raise a DataError with line and column."""
+    line, col, rest, first = 1, 0, b"", True
     while True:
         chunk = f.read(_CHUNK)
         tell(len(chunk))
         data = rest + chunk
         if first:
             data, first = data.removeprefix(codecs.BOM_UTF8), False
-        cut = data.rfind(b"\n") + 1 if chunk else len(data)
-        if cut == 0 and chunk:
-            rest = data  # no newline yet: a long line, keep reading
+        end = cut(data) if chunk else len(data)
+        if end == 0 and chunk:
+            rest = data
             continue
-        block, rest = data[:cut], data[cut:]
+        block, rest = data[:end], data[end:]
         try:
             text = block.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _decode_error(p, block, exc, line) from None
+            raise _decode_error(p, block, exc, line, col) from None
         if text:
             yield line, text
-        line += text.count("\n")
+            newlines = text.count("\n")
+            line += newlines
+            col = len(text) - text.rfind("\n") - 1 if newlines else col + len(text)
         if not chunk:
             return
+
+
+def _text_blocks(p: Path, f: IO[bytes], tell: Callable[[int], Any]) -> Iterator[tuple[int, str]]:
+    """(number of the first line, text) for blocks of whole lines (a long line: read until it ends)."""
+    return _decoded(p, f, tell, lambda data: data.rfind(b"\n") + 1)
 
 
 def _raw_lines(p: Path, f: IO[bytes], limit: int, tell: Callable[[int], Any]) -> Iterator[tuple[str, "str | DataError"]]:
@@ -241,27 +250,8 @@ def _utf8_cut(data: bytes) -> int:
 
 def _text_chunks(p: Path, f: IO[bytes], tell: Callable[[int], Any]) -> Iterator[str]:
     """The file's text in pieces of about a read chunk, cut anywhere but inside a character (a minified JSON array is
-    one long line); bytes that are not UTF-8 raise a DataError with line and column."""
-    line, col, rest, first = 1, 0, b"", True
-    while True:
-        chunk = f.read(_CHUNK)
-        tell(len(chunk))
-        data = rest + chunk
-        if first:
-            data, first = data.removeprefix(codecs.BOM_UTF8), False
-        cut = _utf8_cut(data) if chunk else len(data)
-        block, rest = data[:cut], data[cut:]
-        try:
-            text = block.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _decode_error(p, block, exc, line, col) from None
-        if text:
-            yield text
-            newlines = text.count("\n")
-            line += newlines
-            col = len(text) - text.rfind("\n") - 1 if newlines else col + len(text)
-        if not chunk:
-            return
+    one long line)."""
+    return (text for _, text in _decoded(p, f, tell, _utf8_cut))
 
 
 class _Window:
