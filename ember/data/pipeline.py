@@ -29,7 +29,6 @@ from ember.errors import DataError
 log = logging.getLogger(__name__)
 
 TASK_ROWS = 4096  # most records one encoding task (one shard file) holds
-TASKS_PER_WORKER = 8  # tasks a worker process encodes before a fresh one takes over (bounded RSS)
 MIN_ROWS_PER_PROCESS = 128  # below this many records per process, starting processes costs more than it saves
 # (measured: 1,000 single-turn Alpaca-zh records encode 1.3x faster in 2 processes than in 1)
 
@@ -203,20 +202,14 @@ def _encode(rows: list[int], split: str, recipe: Recipe, ctx: EncodeContext, rec
             bar.update(len(task[0]))
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        parts: dict[int, DataReport] = {}
-        # Fresh workers every TASKS_PER_WORKER tasks each, so nothing a worker accumulates (heap fragmentation,
-        # library caches) outlives 8 tasks on a dataset of millions of records. (The growth bench/data_scale.py
-        # first showed came from Table.take, see store.take_rows.)
-        per_pool = processes * TASKS_PER_WORKER
-        for first in range(0, len(tasks), per_pool):
-            with ProcessPoolExecutor(processes, multiprocessing.get_context(method), initializer=_init,
-                                     initargs=(recipe, ctx, record_paths)) as pool:
-                futures = {pool.submit(_encode_task, *tasks[k]): k for k in range(first, min(first + per_pool,
-                                                                                              len(tasks)))}
-                for future in as_completed(futures):
-                    k = futures[future]
-                    shards[k], parts[k] = future.result()
-                    bar.update(len(tasks[k][0]))
+        with ProcessPoolExecutor(processes, multiprocessing.get_context(method), initializer=_init,
+                                 initargs=(recipe, ctx, record_paths)) as pool:
+            futures = {pool.submit(_encode_task, *task): k for k, task in enumerate(tasks)}
+            parts: dict[int, DataReport] = {}
+            for future in as_completed(futures):
+                k = futures[future]
+                shards[k], parts[k] = future.result()
+                bar.update(len(tasks[k][0]))
         for k in range(len(tasks)):  # merged in task order, so listed warnings read like one process wrote them
             report.merge(parts[k])
     bar.close()
