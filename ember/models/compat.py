@@ -26,15 +26,19 @@ def keep_4bit_trainable_on_cpu(model: torch.nn.Module) -> int:
     return count
 
 
+# gptqmodel's CPU layers (GPTQ, AWQ) that switch to an inference-only int4 kernel on the first eval forward
+_SWITCHING_LAYERS = ("TorchAtenLinear", "TorchAtenAwqLinear")
+
+
 def keep_gptq_trainable_on_cpu(model: torch.nn.Module) -> int:
-    """gptqmodel (checked with 7.6.0), `TorchAtenLinear` on CPU: the first eval-mode forward without grad switches
-    the layer for good to a bf16 int4 kernel that runs under `no_grad`, so any later training forward silently
-    passes no gradient through it (LoRA below it stops learning) and computes in bf16. Pinning the layer's own mode
-    to "train" keeps the exact, differentiable de-quantise + matmul path. Remove when gptqmodel switches back in
-    train mode (tested by tests/models/test_gptq.py)."""
+    """gptqmodel (checked with 7.6.0), `TorchAtenLinear` (GPTQ) and `TorchAtenAwqLinear` (AWQ) on CPU: the first
+    eval-mode forward without grad switches the layer for good to a bf16 int4 kernel that runs under `no_grad`, so
+    any later training forward silently passes no gradient through it (LoRA below it stops learning) and computes
+    in bf16. Pinning the layer's own mode to "train" keeps the exact, differentiable de-quantise + matmul path.
+    Remove when gptqmodel switches back in train mode (tested by tests/models/test_gptq.py and test_awq.py)."""
     count = 0
     for module in model.modules():
-        if type(module).__name__ == "TorchAtenLinear" and getattr(module, "linear_mode", "train") is None:
+        if type(module).__name__ in _SWITCHING_LAYERS and getattr(module, "linear_mode", "train") is None:
             module.linear_mode = "train"
             count += 1
     return count

@@ -1,10 +1,11 @@
 """Pre-quantized bases: checkpoints whose config.json carries a `quantization_config` (GPTQ, AWQ; int4/int8).
 
-transformers reads that config in `from_pretrained` and builds the quantized layers itself (GPTQ and AWQ through
-optimum + gptqmodel); Ember never quantizes such a base again. LoRA trains on top of the frozen quantized weights,
-prepared like a QLoRA base (`prepare_model_for_kbit_training`). peft's "all-linear" matches only `nn.Linear`, so
-for these bases the targets are the quantized layers' names. Export folds the adapter into a de-quantised base:
-each quantized linear becomes an `nn.Linear` holding the weight its kernel computes with (`dequantize_weight`).
+transformers reads that config in `from_pretrained` and builds the quantized layers itself (GPTQ through optimum +
+gptqmodel, AWQ through gptqmodel); Ember never quantizes such a base again. LoRA trains on top of the frozen
+quantized weights, prepared like a QLoRA base (`prepare_model_for_kbit_training`). peft's "all-linear" matches only
+`nn.Linear`, so for these bases the targets are the quantized layers' names. Export folds the adapter into a
+de-quantised base: each quantized linear becomes an `nn.Linear` holding the weight its kernel computes with
+(`dequantize_weight` for GPTQ, `awq_weight_dequantize` for AWQ).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def dequantize(model) -> int:
     for name, layer in layers.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        weight = layer.dequantize_weight().T.contiguous()  # gptqmodel keeps it (in_features, out_features)
+        weight = _dequantized(layer, name, dtype).T.contiguous()  # gptqmodel keeps it (in_features, out_features)
         bias = getattr(layer, "bias", None)
         dense = torch.nn.Linear(layer.in_features, layer.out_features, bias=bias is not None,
                                 device=weight.device, dtype=dtype)
@@ -91,3 +92,15 @@ def dequantize(model) -> int:
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
     return len(layers)
+
+
+def _dequantized(layer: torch.nn.Module, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """The (in_features, out_features) weight a gptqmodel layer computes with when it trains: GPTQ layers'
+    `dequantize_weight`, AWQ ones' `awq_weight_dequantize` (the very call their training forward makes)."""
+    if hasattr(layer, "awq_weight_dequantize"):
+        return layer.awq_weight_dequantize(device=layer.qweight.device, dtype=dtype)
+    if hasattr(layer, "dequantize_weight"):
+        return layer.dequantize_weight()
+    raise ConfigError(f"{name}: gptqmodel's {type(layer).__name__} kernel has no de-quantise method, so the merged "
+                      "export cannot be written from it; export where gptqmodel picks its CPU kernels, which have "
+                      "one (e.g. CUDA_VISIBLE_DEVICES= ember export ...)")

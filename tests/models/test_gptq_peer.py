@@ -1,10 +1,10 @@
-"""Runs tests/models/test_gptq.py for real in CI, where the project venv has no `gptq` extra.
+"""Runs tests/models/test_gptq.py and test_awq.py for real in CI, where the project venv has no `gptq` extra.
 
 gptqmodel 7.6.0 pins numpy==2.2.6, so installing it into the project venv would downgrade numpy. Instead
 gptqmodel, optimum and exactly the packages they need that the venv lacks are installed once with
 `pip install --no-deps --target` into $EMBER_CACHE/peers/gptq-7.6.0 (never the venv), and put first on PYTHONPATH
 of a pytest subprocess whose torch, transformers, peft, accelerate, datasets and numpy (2.4.x: test_gptq.py passes
-with it, so the pin is not honoured) come from the project venv. The subprocess collects test_gptq.py only.
+with it, so the pin is not honoured) come from the project venv. The subprocess collects those two files only.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ PEER_PACKAGES = ("gptqmodel==7.6.0", "optimum==2.3.0", "defuser==0.0.28", "devic
                  "pypcre==0.6.4", "tokenicer==0.0.14", "threadpoolctl==3.8.0", "torchao==0.18.0")
 # Must keep coming from the project venv: a copy in the peer folder would shadow the tested versions.
 VENV_ONLY = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "safetensors", "huggingface_hub")
-EXPECTED_PASSED = 7  # every test in test_gptq.py, parametrizations included
+TESTS = ("tests/models/test_gptq.py", "tests/models/test_awq.py")
+EXPECTED_PASSED = 7 + 9  # every test in those files, parametrizations included
 
 
 def peer_gptq() -> Path:
@@ -53,17 +54,16 @@ def peer_gptq() -> Path:
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is not None,
-                    reason="gptqmodel is installed here: tests/models/test_gptq.py runs directly")
+                    reason="gptqmodel is installed here: tests/models/test_gptq.py and test_awq.py run directly")
 def test_gptq_tests_pass_with_gptqmodel_from_the_peer_folder():
-    """Slow (~30 s of tests; the first run also pip-installs gptqmodel 7.6.0, built from its sdist, ~1.5 min)."""
+    """Slow (~50 s of tests; the first run also pip-installs gptqmodel 7.6.0, built from its sdist, ~1.5 min)."""
     from ember.core.paths import cache_root
 
     target = peer_gptq()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # no xdist worker / addopts
     env.update(PYTHONPATH=f"{target}{os.pathsep}{REPO}", EMBER_CACHE=str(cache_root()), HF_HUB_OFFLINE="1")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                          "tests/models/test_gptq.py"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=900)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *TESTS],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
     summary = out.strip().splitlines()[-1]
