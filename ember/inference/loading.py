@@ -43,7 +43,8 @@ def _image_tokens(net, tokenizer, token_dir: Optional[Path], base_cfg: ModelConf
     has_processor = token_dir is not None and any(
         (token_dir / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
     source = str(token_dir) if has_processor else resolve_source(base_cfg.name_or_path, base_cfg.hub, base_cfg.revision)
-    processor = load_processor(source, tokenizer, trust_remote_code=bool(base_cfg.trust_remote_code))
+    processor = load_processor(source, tokenizer, trust_remote_code=bool(base_cfg.trust_remote_code),
+                               model_type=getattr(net.config, "model_type", ""))
     family = detect_family(getattr(net.config, "model_type", ""), base_cfg.family)
     return image_tokens(processor, family, net.config)
 

@@ -4,11 +4,23 @@ bitsandbytes (checked with 0.50.2) on CPUs with AVX512-BF16: an eval-mode forwar
 into an inference-only layout, after which the gradients through the frozen 4-bit weights are silently dropped
 (see shared/notes/cpu-stack.md, Q1). We turn that repacking off through the layer's own public attribute.
 Remove when bitsandbytes keeps training gradients after packing (tested by tests/training/test_qlora.py).
+
+transformers (checked with 5.24) without torchvision: `Qwen2VLProcessor` / `Qwen2_5_VLProcessor` cannot be built at
+all, because every processor argument is type-checked and the video processor's base class is only exported when
+torchvision imports (PyPI's torchvision wheels do not load against the CPU build of torch). Images need no video
+processor, so `image_only_processor_class` gives a subclass whose constructor takes only the image processor and the
+tokenizer (transformers reads a processor's parts from its `__init__` signature) and which saves itself under the
+stock class name, so its directory loads with the stock processor wherever torchvision is installed. Remove when
+transformers builds these processors without a video processor (tested by tests/vision/test_qwen2_vl.py).
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers.utils import is_torchvision_available
 
 
 def keep_4bit_trainable_on_cpu(model: torch.nn.Module) -> int:
@@ -42,3 +54,47 @@ def keep_gptq_trainable_on_cpu(model: torch.nn.Module) -> int:
             module.linear_mode = "train"
             count += 1
     return count
+
+
+class _SavedAsStock:
+    """Mixin: `processor_config.json` and `tokenizer_config.json` name the stock processor class this one stands in
+    for, so the saved files are the stock processor's (less the video part)."""
+
+    stock_name: str
+
+    def to_dict(self):
+        out = super().to_dict()
+        out["processor_class"] = self.stock_name
+        return out
+
+    def save_pretrained(self, save_directory, **kwargs):
+        saved = super().save_pretrained(save_directory, **kwargs)
+        # the processor tagged its tokenizer with its own class name while saving; tag it as the stock one again
+        self.tokenizer._set_processor_class(self.stock_name)
+        self.tokenizer.save_pretrained(save_directory)
+        return saved
+
+
+class ImageOnlyQwen2VLProcessor(_SavedAsStock, Qwen2VLProcessor):
+    stock_name = "Qwen2VLProcessor"
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
+
+
+class ImageOnlyQwen2_5_VLProcessor(_SavedAsStock, Qwen2_5_VLProcessor):
+    stock_name = "Qwen2_5_VLProcessor"
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
+
+
+_IMAGE_ONLY = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor}
+
+
+def image_only_processor_class(model_type: str) -> Optional[type]:
+    """The image-only stand-in for a model type's processor when its stock processor needs torchvision and
+    torchvision is missing; None when the stock processor (AutoProcessor) can be built."""
+    if is_torchvision_available():
+        return None
+    return _IMAGE_ONLY.get(model_type)

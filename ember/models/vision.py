@@ -34,13 +34,18 @@ def _vision_families() -> list[str]:
     return [name for name, fam in families().items() if fam.vision is not None]
 
 
-def load_processor(source: str, tokenizer, revision: Optional[str] = None, trust_remote_code: bool = False):
-    """The model's own processor (AutoProcessor) holding `tokenizer`."""
+def load_processor(source: str, tokenizer, revision: Optional[str] = None, trust_remote_code: bool = False,
+                   model_type: str = ""):
+    """The model's own processor (AutoProcessor) holding `tokenizer`; for Qwen2-VL / Qwen2.5-VL without torchvision,
+    the same processor without its video part (`ember.models.compat.image_only_processor_class`)."""
     from transformers import AutoProcessor
 
+    from ember.models.compat import image_only_processor_class
+
+    loader = image_only_processor_class(model_type) or AutoProcessor
     try:
-        return AutoProcessor.from_pretrained(source, tokenizer=tokenizer, revision=revision,
-                                             trust_remote_code=trust_remote_code)
+        return loader.from_pretrained(source, tokenizer=tokenizer, revision=revision,
+                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{source}: could not load the model's processor ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}); an image-text model directory needs its "
@@ -67,7 +72,7 @@ def image_tokens_for(cfg: ModelConfig, tokenizer):
         raise ConfigError("model.random_init builds no processor for an image-text model: start from a model "
                           "directory that has one (docs/multimodal.md shows how to build a small one)")
     source = resolve_source(cfg.name_or_path, cfg.hub, cfg.revision)
-    processor = load_processor(source, tokenizer, cfg.revision, _trust(cfg, family))
+    processor = load_processor(source, tokenizer, cfg.revision, _trust(cfg, family), getattr(config, "model_type", ""))
     return image_tokens(processor, family, config)
 
 
