@@ -1,5 +1,8 @@
-"""Qwen2-VL through Ember where its processor can be built (it needs torchvision, which the CPU machines lack):
-a tiny random Qwen2-VL with transformers' own Qwen2VLProcessor around the SmolLM2 tokenizer (+ vision tokens).
+"""Qwen2-VL through Ember where torchvision is installed (a GPU machine): a tiny random Qwen2-VL whose processor is
+built as on the CPU machines (`ember.models.compat.ImageOnlyQwen2VLProcessor`: transformers' Qwen2VLProcessor less
+its video part, around the SmolLM2 tokenizer + vision tokens) and saved under the stock class name, so here every
+load goes through the stock `AutoProcessor` -> Qwen2VLProcessor (recorded as `processor_class`). The CPU
+counterpart is tests/vision/test_qwen2_vl.py.
 
 Checks, each recorded in OUT/gpu_vision.json: Ember's training ids equal the processor on the rendered chat; labels
 are -100 on every image token; `ember train` (LoRA, projector = the merger, trained) runs on the GPU; the engine's
@@ -34,15 +37,15 @@ def draw(colour) -> bytes:
 
 def build(tokenizer_dir: str, out: Path) -> Path:
     import torch
-    from transformers import (AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLProcessor)
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    from ember.models.compat import ImageOnlyQwen2VLProcessor
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                                                           "<|video_pad|>"]}, replace_extra_special_tokens=False)
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56),
-                                 tokenizer=tok, video_processor=Qwen2VLVideoProcessor())
+    processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56),
+                                          tokenizer=tok)
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in (("image_token_id", "<|image_pad|>"),
            ("video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>"),
            ("vision_end_token_id", "<|vision_end|>"))}
@@ -112,6 +115,7 @@ def run(tokenizer_dir: str, result: dict) -> None:
     cfg = validate(from_dict(EmberConfig, raw, "gpu_vision"))
     prepared = prepare_data(cfg)
     processor = prepared.processor
+    result["processor_class"] = type(processor).__name__  # Qwen2VLProcessor: the saved files load as the stock one
     sample = prepared.data.train[0]
     msgs = [Message("system", "Describe images."), Message("user", "<image>Colour?", images=[draw("red")]),
             Message("assistant", "red")]

@@ -58,13 +58,17 @@ def keep_gptq_trainable_on_cpu(model: torch.nn.Module) -> int:
 
 class _SavedAsStock:
     """Mixin: `processor_config.json` and `tokenizer_config.json` name the stock processor class this one stands in
-    for, so the saved files are the stock processor's (less the video part)."""
+    for, and `processor_config.json` holds a video processor with the image processor's patch geometry (the stock
+    processor refuses to load without one; its other settings are the video processor's defaults)."""
 
     stock_name: str
 
     def to_dict(self):
         out = super().to_dict()
         out["processor_class"] = self.stock_name
+        image = out["image_processor"]
+        out.setdefault("video_processor", {"video_processor_type": "Qwen2VLVideoProcessor", **{
+            key: image[key] for key in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")}})
         return out
 
     def save_pretrained(self, save_directory, **kwargs):

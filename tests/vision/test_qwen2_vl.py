@@ -148,7 +148,8 @@ def test_processor_needs_no_torchvision_and_saves_as_the_stock_one(tiny_qwen2_vl
     assert saved["processor_class"] == "Qwen2VLProcessor"  # loads with the stock class where torchvision is
     tokenizer_config = json.loads((tiny_qwen2_vl / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert tokenizer_config["processor_class"] == "Qwen2VLProcessor"
-    assert "video_processor" not in saved and saved["image_processor"]["patch_size"] == 4
+    assert saved["image_processor"]["patch_size"] == saved["video_processor"]["patch_size"] == 4
+    assert saved["video_processor"]["video_processor_type"] == "Qwen2VLVideoProcessor"
     processor = load_processor(str(tiny_qwen2_vl), smol_tokenizer, model_type="qwen2_vl")
     expected = "Qwen2VLProcessor" if is_torchvision_available() else "ImageOnlyQwen2VLProcessor"
     assert type(processor).__name__ == expected
@@ -265,7 +266,8 @@ def _reference(engine, messages) -> tuple[list[int], list[float]]:
                                     eos_token_id=sorted(engine.stop_ids), pad_token_id=0, output_logits=True,
                                     return_dict_in_generate=True)
     tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
-    return tokens, [float(torch.log_softmax(step[0].double(), -1)[t]) for step, t in zip(out.logits, tokens, strict=True)]
+    logprobs = [float(torch.log_softmax(step[0].double(), -1)[t]) for step, t in zip(out.logits, tokens, strict=True)]
+    return tokens, logprobs
 
 
 def test_generation_follows_m_rope_like_transformers_generate(engine):
@@ -276,7 +278,9 @@ def test_generation_follows_m_rope_like_transformers_generate(engine):
     assert images.offset == int(images.positions.max()) + 1 - len(ids) < 0  # 18 image tokens span 12 positions
     answer = engine.generate(first, GREEDY)
     second = first + [Message("assistant", answer.text), Message("user", "And its colour?")]
-    for conv in (first, second):  # the image in the first turn, then in the history
+    third = second + [Message("assistant", "Red."), Message("user", "<image>And this one?",
+                                                             images=[picture((30, 160, 60), 24, 40)])]
+    for conv in (first, second, third):  # an image in the first turn, then in the history, then one more
         ids, images = engine.prompt(conv)
         row = Row(ids, GREEDY.max_new_tokens, images=images, logprobs=[])
         engine.generate_rows([row], SCORED)
