@@ -7,6 +7,14 @@ data.num_proc processes → Arrow samples) in a fresh process; the parent reads 
 encoding workers are reported separately by the same call) and the wall time, then times the cache hit (a second
 run with the same key). The claim under test: peak RSS stays flat as N grows (under 4 GiB at 1M).
 
+ru_maxrss counts every resident page, also clean file-backed pages of the memory-mapped Arrow files, which the kernel
+drops under pressure without writing anything. So the parent also samples /proc/<pid>/status of the child ("main")
+and of its descendants ("workers") every 0.2 s and reports the peak RssAnon (memory the process allocated: heap,
+Python objects, Arrow buffers; what pressure cannot reclaim without swap) and the peak RssFile (file pages mapped
+and resident) of each role. A forked worker's RssAnon includes the pages it still shares copy-on-write with the
+main process, so summing RssAnon would count those twice; the memory all processes together hold is the peak of
+their Pss_Anon (/proc/<pid>/smaps_rollup: a shared page split between its sharers) summed at one instant.
+
     python bench/data_scale.py [--sizes 100000,300000,1000000] [--out bench/results/data_scale.txt]
 """
 
@@ -21,7 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +53,98 @@ print(json.dumps({"seconds": seconds, "from_cache": prepared.from_cache, "sample
                   "tokens": r.total_tokens, "self_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "workers_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
+
+
+class RssSampler(threading.Thread):
+    """Peak RssAnon and RssFile (MB) of process `pid` ("main") and of its descendants ("workers"), read from
+    /proc every `every` seconds until `stop()`. A peak shorter than `every` can be missed; ru_maxrss cannot."""
+
+    ROLES = ("main", "workers")
+
+    def __init__(self, pid: int, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.peak = {role: {"anon": 0.0, "file": 0.0} for role in self.ROLES}
+        self.total_anon = 0.0  # Pss_Anon summed over main and workers, at one instant
+        self.workers_seen: set[int] = set()
+        self.samples = 0
+        self._done = threading.Event()
+
+    @staticmethod
+    def _parents() -> dict[int, list[int]]:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:  # exited while we looked
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # the name in parentheses may hold spaces
+            children.setdefault(ppid, []).append(int(entry.name))
+        return children
+
+    @staticmethod
+    def _rss(pid: int) -> tuple[float, float] | None:
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:
+            return None
+        kb = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in lines) if k in ("RssAnon", "RssFile")}
+        return (kb["RssAnon"] / 1024, kb["RssFile"] / 1024) if len(kb) == 2 else None
+
+    @staticmethod
+    def _pss_anon(pid: int) -> float:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss_Anon:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def sample(self) -> None:
+        children = self._parents()
+        workers, todo = [], list(children.get(self.pid, []))
+        while todo:
+            pid = todo.pop()
+            workers.append(pid)
+            todo.extend(children.get(pid, []))
+        total = 0.0
+        for role, pid in [("main", self.pid)] + [("workers", w) for w in workers]:
+            rss = self._rss(pid)
+            if rss is None:
+                continue
+            if role == "workers":
+                self.workers_seen.add(pid)
+            peak = self.peak[role]
+            peak["anon"], peak["file"] = max(peak["anon"], rss[0]), max(peak["file"], rss[1])
+            total += self._pss_anon(pid)
+        self.total_anon = max(self.total_anon, total)
+        self.samples += 1
+
+    def run(self) -> None:
+        while True:
+            self.sample()
+            if self._done.wait(self.every):
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def run_child(data: Path, cache: Path) -> tuple[dict, RssSampler]:
+    """One `prepare_data` in a fresh process: its own report (seconds, counts, ru_maxrss) and the /proc samples."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(data), str(cache)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "EMBER_NO_PROGRESS": "1"}, cwd=ROOT)
+    sampler = RssSampler(child.pid)
+    sampler.start()
+    out, err = child.communicate()
+    sampler.stop()
+    if child.returncode != 0:
+        sys.exit(err[-3000:])
+    return json.loads(out.strip().splitlines()[-1]), sampler
 
 
 def real_conversations() -> list[list[dict]]:
@@ -91,25 +191,27 @@ def main() -> None:
     pool = real_conversations()
     lines = [f"# data_scale — {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
              f"# {len(pool)} real conversations drawn from; max_length 1024, truncation split, num_proc default",
-             "| conversations | file MB | samples | tokens | prepare s | conv/s | peak RSS main MB | peak RSS worker MB |"
-             " cache hit s | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "# ru_maxrss = peak resident pages of any kind (kernel's count); RssAnon / RssFile = peaks sampled from "
+             "/proc every 0.2 s (worker: the largest of any worker)",
+             "| conversations | file MB | samples | tokens | prepare s | conv/s | ru_maxrss main MB | ru_maxrss worker MB"
+             " | RssAnon main MB | RssFile main MB | RssAnon worker MB | RssFile worker MB | Pss_Anon all MB | workers"
+             " | cache hit s | load avg |", "|" + "---|" * 16]
     with tempfile.TemporaryDirectory(prefix="ember-scale-") as tmp:
         for n in sizes:
             data = Path(tmp) / f"synthetic_{n}.jsonl"
             synthesize(data, n, pool)
             cache = Path(tmp) / f"cache_{n}"
-            runs = []
-            for _ in range(2):  # a miss, then a hit
-                load = os.getloadavg()[0]
-                done = subprocess.run([sys.executable, "-c", CHILD, str(data), str(cache)], capture_output=True,
-                                      text=True, env={**os.environ, "EMBER_NO_PROGRESS": "1"}, cwd=ROOT)
-                if done.returncode != 0:
-                    sys.exit(done.stderr[-3000:])
-                runs.append((json.loads(done.stdout.strip().splitlines()[-1]), load))
-            (miss, load), (hit, _) = runs
+            load = os.getloadavg()[0]
+            miss, rss = run_child(data, cache)
+            hit, _ = run_child(data, cache)  # same key: the cache hit
+            if not hit["from_cache"]:
+                sys.exit("the second run did not hit the cache")
+            main_, work = rss.peak["main"], rss.peak["workers"]
             lines.append(f"| {n:,} | {data.stat().st_size / 1e6:.0f} | {miss['samples']:,} | {miss['tokens']:,} | "
                          f"{miss['seconds']:.0f} | {n / miss['seconds']:.0f} | {miss['self_rss_mb']:.0f} | "
-                         f"{miss['workers_rss_mb']:.0f} | {hit['seconds']:.2f} | {load:.2f} |")
+                         f"{miss['workers_rss_mb']:.0f} | {main_['anon']:.0f} | {main_['file']:.0f} | "
+                         f"{work['anon']:.0f} | {work['file']:.0f} | {rss.total_anon:.0f} | {len(rss.workers_seen)} | "
+                         f"{hit['seconds']:.2f} | {load:.2f} |")
             print(lines[-1], flush=True)
             data.unlink()
     text = "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ from ember.data.files import data_files, iter_file, iter_records, looks_like_hub
 from ember.data.recipes import EncodeContext, Recipe
 from ember.data.render import Renderer
 from ember.data.report import DataReport, NothingToTrain, tokenizer_warnings
-from ember.data.store import ArrowWriter, Rows, read_table, take_rows
+from ember.data.store import ArrowWriter, MappedTable, Rows, read_table, take_rows
 from ember.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -173,9 +173,12 @@ def _init(recipe: Recipe, ctx: EncodeContext, record_paths: list[Path]) -> None:
 def _encode_task(rows: list[int], shard: Path) -> tuple[Path, DataReport]:
     w = _WORKER
     recipe: Recipe = w["recipe"]
-    # The records are memory-mapped anew for each task and unmapped after it: a worker that kept the map would keep
-    # every page its (shuffled) rows ever touched resident, and its RSS would grow with the dataset.
-    records = [recipe.row_record(r) for r in take_rows(read_table(w["paths"], recipe.record_schema), rows)]
+    # The records are memory-mapped anew for each task and unmapped after it, and each record batch's pages are
+    # handed back once its rows are taken: (shuffled) rows touch pages all over the file, and a worker that kept
+    # them would hold about the whole file resident (see MappedTable).
+    mapped = MappedTable(w["paths"], recipe.record_schema)
+    records = [recipe.row_record(r) for r in take_rows(mapped.table, rows, mapped.release)]
+    del mapped
     report = DataReport()
     with ArrowWriter(shard, recipe.shard_schema) as writer:
         for row in recipe.encode(records, w["ctx"], report):

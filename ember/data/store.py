@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import mmap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, Optional, TypeVar
@@ -111,10 +112,11 @@ class ArrowWriter:
         self.close()
 
 
-def take_rows(table: pa.Table, rows: Sequence[int]) -> list[dict[str, Any]]:
+def take_rows(table: pa.Table, rows: Sequence[int],
+              done: Optional[Callable[[pa.RecordBatch], None]] = None) -> list[dict[str, Any]]:
     """table.take(rows).to_pylist(), batch by batch: Table.take first concatenates every chunk of a nested column
     into one array (a copy of the whole table: its RSS grows with the dataset), taking from each record batch does
-    not."""
+    not. `done(batch)` is called once each batch has given its rows (e.g. `MappedTable.release`)."""
     batches = table.to_batches()
     starts = list(itertools.accumulate((b.num_rows for b in batches), initial=0))
     order = sorted(range(len(rows)), key=rows.__getitem__)
@@ -128,6 +130,8 @@ def take_rows(table: pa.Table, rows: Sequence[int]) -> list[dict[str, Any]]:
         part = batches[b].take(pa.array([rows[order[k]] - starts[b] for k in range(i, j)])).to_pylist()
         for k, row in zip(range(i, j), part, strict=True):
             out[order[k]] = row
+        if done is not None:
+            done(batches[b])
         i = j
     return out
 
@@ -136,6 +140,52 @@ def read_table(paths: Sequence[Path], schema: pa.Schema) -> pa.Table:
     """The files' rows as one table whose buffers are memory-mapped (no copy into RAM)."""
     tables = [pa.ipc.open_stream(pa.memory_map(str(p))).read_all() for p in paths]
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+FAULT_AROUND = 64 * 1024  # Linux maps this much around a faulted file page (fault_around_bytes, its default)
+
+
+class MappedTable:
+    """The files' rows as one memory-mapped table (as `read_table`), whose pages a reader can hand back.
+
+    Reading scattered rows faults in file pages all over the map (the kernel maps up to 64 KiB around each touched
+    page): an encoding worker taking shuffled rows held about the whole records file resident (RssFile 128 MB at
+    100k conversations, 369 MB at 300k; bench/data_scale.py). Those pages are clean copies of the file;
+    `release(batch)` drops the batch's pages from this process (MADV_DONTNEED: they stay in the page cache, and a
+    later read maps them again), so what a reader holds stays about one record batch whatever the file's size
+    (RssFile 23 MB at 100k, 29 MB at 300k)."""
+
+    def __init__(self, paths: Sequence[Path], schema: pa.Schema):
+        self._maps: list[tuple[mmap.mmap, int, int]] = []  # (map, address of its first byte, size)
+        tables = []
+        for path in paths:
+            with open(path, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            buffer = pa.py_buffer(mapped)  # zero-copy: the table's buffers point into the map
+            tables.append(pa.ipc.open_stream(buffer).read_all())
+            self._maps.append((mapped, buffer.address, buffer.size))
+        self.table = pa.concat_tables(tables) if tables else schema.empty_table()
+        for mapped, _, _ in self._maps:  # reading the stream touched every batch's header
+            _dontneed(mapped, 0, len(mapped))
+
+    def release(self, batch: pa.RecordBatch) -> None:
+        spans = [(b.address, b.size) for column in batch.columns for b in column.buffers() if b is not None and b.size]
+        if not spans:
+            return
+        low, high = min(a for a, _ in spans), max(a + n for a, n in spans)
+        for mapped, base, size in self._maps:
+            if base <= low < base + size:
+                # A fault maps the whole window (aligned in virtual addresses) around the page, neighbours' bytes
+                # too: hand back whole windows, or every batch boundary would leave up to a window behind.
+                start = max(base, low // FAULT_AROUND * FAULT_AROUND)
+                end = min(base + size, -(-high // FAULT_AROUND) * FAULT_AROUND)
+                _dontneed(mapped, start - base, end - start)
+                return
+
+
+def _dontneed(mapped: mmap.mmap, start: int, length: int) -> None:
+    if hasattr(mmap, "MADV_DONTNEED") and length > 0:  # not on Windows: there the pages simply stay mapped
+        mapped.madvise(mmap.MADV_DONTNEED, start, length)
 
 
 class Rows(Generic[T]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -336,3 +337,43 @@ def test_rows_are_taken_batch_by_batch_in_the_order_asked(tmp_path):
     rows = [49, 0, 13, 7, 6, 13, 48, 21]
     assert take_rows(table, rows) == table.take(rows).to_pylist()
     assert [r["n"] for r in take_rows(table, rows)] == rows
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from /proc (Linux)")
+def test_a_mapped_table_hands_back_the_pages_of_each_batch_it_took_rows_from(tmp_path):
+    import random
+
+    import pyarrow as pa
+
+    from ember.data.store import ArrowWriter, MappedTable, read_table, take_rows
+
+    def rss_file_kb() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("RssFile:")[1].split()[0])
+
+    schema = pa.schema([("n", pa.int64()), ("text", pa.string())])
+    with ArrowWriter(tmp_path / "r.arrow", schema, batch_rows=64) as writer:  # 24 MiB in 96 record batches
+        for n in range(6144):
+            writer.write({"n": n, "text": f"{n:08d}" * 512})
+    rows = list(range(6144))
+    random.Random(0).shuffle(rows)
+    take_rows(read_table([tmp_path / "r.arrow"], schema), rows[:10])  # library pages faulted in before measuring
+
+    mapped = MappedTable([tmp_path / "r.arrow"], schema)
+    before, peak = rss_file_kb(), 0
+
+    def release(batch):
+        nonlocal peak
+        peak = max(peak, rss_file_kb() - before)  # this batch's pages are still mapped here
+        mapped.release(batch)
+
+    kept = take_rows(mapped.table, rows, release)
+    left = rss_file_kb() - before
+    plain = read_table([tmp_path / "r.arrow"], schema)
+    before = rss_file_kb()
+    assert take_rows(plain, rows) == kept
+    held = rss_file_kb() - before
+    assert [r["n"] for r in kept] == rows and kept[0]["text"] == f"{rows[0]:08d}" * 512
+    assert held > 12 * 1024  # without release: most of the file resident
+    assert peak < 2 * 1024, peak  # with it: about one record batch (256 KiB) at a time
+    assert left < 512, left  # and nothing between batches (a fault maps 64 KiB around the page) stays behind
