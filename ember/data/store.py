@@ -162,17 +162,26 @@ class MappedTable:
             with open(path, "rb") as f:
                 mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             buffer = pa.py_buffer(mapped)  # zero-copy: the table's buffers point into the map
-            tables.append(pa.ipc.open_stream(buffer).read_all())
-            self._maps.append((mapped, buffer.address, buffer.size))
+            base, size = buffer.address, buffer.size
+            self._maps.append((mapped, base, size))
+            reader = pa.ipc.open_stream(buffer)
+            batches, done = [], 0
+            for batch in reader:  # reading a batch faults in its header: hand that back as the reading goes
+                batches.append(batch)
+                span = _span(batch)
+                if span is not None:  # up to the window the batch ends in, which the next header may touch again
+                    end = max(done, span[1] // FAULT_AROUND * FAULT_AROUND - base)
+                    _dontneed(mapped, done, end - done)
+                    done = end
+            _dontneed(mapped, done, size - done)
+            tables.append(pa.Table.from_batches(batches, schema=reader.schema))
         self.table = pa.concat_tables(tables) if tables else schema.empty_table()
-        for mapped, _, _ in self._maps:  # reading the stream touched every batch's header
-            _dontneed(mapped, 0, len(mapped))
 
     def release(self, batch: pa.RecordBatch) -> None:
-        spans = [(b.address, b.size) for column in batch.columns for b in column.buffers() if b is not None and b.size]
-        if not spans:
+        span = _span(batch)
+        if span is None:
             return
-        low, high = min(a for a, _ in spans), max(a + n for a, n in spans)
+        low, high = span
         for mapped, base, size in self._maps:
             if base <= low < base + size:
                 # A fault maps the whole window (aligned in virtual addresses) around the page, neighbours' bytes
@@ -181,6 +190,12 @@ class MappedTable:
                 end = min(base + size, -(-high // FAULT_AROUND) * FAULT_AROUND)
                 _dontneed(mapped, start - base, end - start)
                 return
+
+
+def _span(batch: pa.RecordBatch) -> Optional[tuple[int, int]]:
+    """The addresses of a record batch's first and past its last byte (its buffers lie together in an IPC file)."""
+    spans = [(b.address, b.size) for column in batch.columns for b in column.buffers() if b is not None and b.size]
+    return (min(a for a, _ in spans), max(a + n for a, n in spans)) if spans else None
 
 
 def _dontneed(mapped: mmap.mmap, start: int, length: int) -> None:
