@@ -153,7 +153,7 @@ class MappedTable:
     100k conversations, 369 MB at 300k; bench/data_scale.py). Those pages are clean copies of the file;
     `release(batch)` drops the batch's pages from this process (MADV_DONTNEED: they stay in the page cache, and a
     later read maps them again), so what a reader holds stays about one record batch whatever the file's size
-    (RssFile 23 MB at 100k, 29 MB at 300k)."""
+    (worker RssFile 23 MB at 100k, 300k and 1M conversations)."""
 
     def __init__(self, paths: Sequence[Path], schema: pa.Schema):
         self._maps: list[tuple[mmap.mmap, int, int]] = []  # (map, address of its first byte, size)
