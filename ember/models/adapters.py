@@ -244,6 +244,23 @@ def store_frozen_linears_in(model, dtype: torch.dtype) -> int:
     return changed
 
 
+def keep_adapter_inputs_in_autocast_dtype(model) -> int:
+    """Turn off PEFT's cast of each adapter layer's input to the adapter weights' dtype (its public
+    `cast_input_dtype_enabled` switch), for training under autocast only.
+
+    With fp32 adapter weights PEFT copies every bf16 activation to fp32 before the adapter, and autocast copies it
+    straight back to bf16 for the matmul: the same numbers, two copies of every projection's input per forward and
+    again in backward. Returns the layers changed."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and getattr(module, "cast_input_dtype_enabled", False):
+            module.cast_input_dtype_enabled = False
+            changed += 1
+    return changed
+
+
 def parameter_counts(model) -> tuple[int, int]:
     trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
     total = sum(_numel(p) for p in model.parameters())

@@ -134,7 +134,7 @@ def precision(cfg: EmberConfig, shape: ModelShape, target: Target, zero: Optiona
 
 def estimate_memory(cfg: EmberConfig, shape: ModelShape, target: Target, zero: Optional[ZeRO]) -> Memory:
     t = cfg.train
-    batch = Batch(t.per_device_train_batch_size, cfg.data.max_length, cfg.data.packing)
+    batch = Batch(t.per_device_train_batch_size, cfg.data.max_length, bool(cfg.data.packing))
     prec = precision(cfg, shape, target, zero)
     act = estimate(shape, batch, prec, t.gradient_checkpointing)
     notes = list(shape.notes)

@@ -77,8 +77,8 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     from ember.data.report import skip_summary
     from ember.training.prepare import new_token_warning, prepare_data
-    from ember.models.adapters import (apply_method, describe_parameters, parameter_counts, quantization_config,
-                                       store_frozen_linears_in)
+    from ember.models.adapters import (apply_method, describe_parameters, keep_adapter_inputs_in_autocast_dtype,
+                                       parameter_counts, quantization_config, store_frozen_linears_in)
     from ember.models.loading import check_reachable, detect_family, load_model
     from ember.core.hardware import resolve_dtype
     from ember.core.paths import check_writable
@@ -136,11 +136,13 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     family = detect_family(getattr(model.config, "model_type", ""), cfg.model.family)
     model.config.use_cache = False  # training never needs the KV cache (and packed batches must not build one)
     model = apply_method(model, cfg.method, family, cfg.train.gradient_checkpointing, _rows_to_train(new_rows, cfg))
+    packing = _packing(cfg, model, prepared.processor is not None or prepared.stage.name not in ("sft", "pt"))
     sharded = args.deepspeed or args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
         os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     if cfg.method.type == "lora" and args.bf16 and not sharded:
         # autocast reads them in bf16 anyway; the adapter, not the base, is what a LoRA run saves
         store_frozen_linears_in(model, torch.bfloat16)
+        keep_adapter_inputs_in_autocast_dtype(model)
     trainable, total = parameter_counts(model)
     say(describe_parameters(model))
 
@@ -153,14 +155,15 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         args=args,
         train_dataset=stage.dataset(prepared.data.train),
         eval_dataset=stage.dataset(prepared.data.eval) if prepared.data.eval else None,
-        data_collator=stage.collator(tokenizer, cfg.data.packing),
+        data_collator=stage.collator(tokenizer, packing),
         processing_class=prepared.processor or tokenizer,  # what checkpoints save: the processor holds the tokenizer
         callbacks=[*([LossPlotCallback()] if cfg.output.plot_loss else []), *_upload_callbacks(cfg), *callbacks],
         optimizers=(_optimizer(model, args, cfg), None),
         metadata=metadata,
         guard=guard,
     )
-    result = trainer.train(resume_from_checkpoint=resume)
+    with _padding_free_attention(model, packing):
+        result = trainer.train(resume_from_checkpoint=resume)
     if guard.stopped:
         raise TrainingStopped(_stopped_message(guard, cfg))
     try:
@@ -177,7 +180,8 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         metrics["skipped_steps"] = guard.skipped
         say(f"warning: {len(guard.skipped)} optimizer step(s) skipped for non-finite numbers: steps {guard.skipped}")
     if prepared.data.eval:
-        metrics.update(trainer.evaluate())
+        with _padding_free_attention(model, packing):
+            metrics.update(trainer.evaluate())
     if trainer.is_world_process_zero():
         write_metadata(out, tokenizer=prepared.processor or tokenizer, **metadata)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -188,6 +192,32 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         push_run(cfg, out)  # after every file is written: a failed upload loses nothing
         say(f"uploaded {out} to {cfg.output.hub}:{cfg.output.push_to_hub}")
     return TrainResult(out, metrics, trainable, total)
+
+
+def _packing(cfg: EmberConfig, model, padded: bool) -> bool:
+    """`data.packing`, with null decided here: padding-free for SFT / pretraining text batches where the model
+    attends sample by sample (ember.models.segment_attention); padded rows for image batches, preference pairs (their
+    reference model attends as loaded) and other attention code, whose packed rows would need a block-diagonal mask
+    (no faster than padding) or might not keep samples apart."""
+    from ember.models.segment_attention import supports_segments
+
+    if cfg.data.packing is not None:
+        return cfg.data.packing
+    packing = not padded and supports_segments(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    say(f"batches: {'padding-free (data.packing: auto)' if packing else 'padded rows (data.packing: auto)'}")
+    return packing
+
+
+def _padding_free_attention(model, packing: bool):
+    """Packed rows attend sample by sample with causal SDPA (ember.models.segment_attention) where the model
+    supports it; transformers' block-diagonal mask otherwise."""
+    import contextlib
+
+    from ember.models.segment_attention import segment_attention
+
+    if not packing:
+        return contextlib.nullcontext()
+    return segment_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 
 def _upload_callbacks(cfg: EmberConfig) -> list[Any]:

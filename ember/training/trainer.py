@@ -18,7 +18,8 @@ from ember.errors import TrainingStopped
 from ember.models.forward import accepts_logits_to_keep
 from ember.training import checkpoints
 from ember.training.guard import DivergenceGuard
-from ember.training.losses import trained_positions
+from ember.training.chunked_loss import linear_cross_entropy, trained_rows
+from ember.training.losses import causal_lm_loss, trained_positions
 
 
 class EmberTrainer(Trainer):
@@ -40,12 +41,21 @@ class EmberTrainer(Trainer):
         self._weights: Optional[torch.Tensor] = None
         self._positions: Optional[torch.Tensor] = None
         self._keeps_logits: Optional[bool] = None
+        # The chunked loss (ember.training.chunked_loss) replaces the model's logits once the first training step
+        # has shown that they are the output embedding applied to the last hidden state: None = not yet known.
+        self._chunked: Optional[bool] = None
+        self._step_mode = "logits"
         self._tokens_seen = 0
         self._clock: Optional[tuple[float, int]] = None
         super().__init__(*args, compute_loss_func=self._compute_loss, **kwargs)
 
     def _compute_loss(self, outputs: Any, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if self._step_mode == "verify":  # every step's loss comes from the same path, so a resumed run is bit-exact
+            self._chunked = self._logits_are_projected(outputs["hidden_states"][-1], logits)
+        if self._step_mode == "chunked" or (self._step_mode == "verify" and self._chunked):
+            rows, targets, scale = trained_rows(outputs["hidden_states"][-1], labels, self._weights, num_items_in_batch)
+            return linear_cross_entropy(rows, self._projection.weight, targets, scale, self._projection_dtype())
         return self._loss_fn(logits, labels, self._weights, num_items_in_batch, positions=self._positions)
 
     def _accepts_logits_to_keep(self, model) -> bool:
@@ -53,12 +63,46 @@ class EmberTrainer(Trainer):
             self._keeps_logits = accepts_logits_to_keep(self.accelerator.unwrap_model(model))
         return self._keeps_logits
 
+    def _chunk_candidate(self, model) -> bool:
+        """Whether the chunked loss could stand in for the logits: the causal-LM loss, an output embedding that is a
+        plain bias-free Linear held whole on this process (not a ZeRO-3 / FSDP shard, not an adapter layer)."""
+        if self._chunked is False or self._loss_fn is not causal_lm_loss or not self._accepts_logits_to_keep(model):
+            return False
+        projection = self.accelerator.unwrap_model(model).get_output_embeddings()
+        weight = getattr(projection, "weight", None)
+        self._projection = projection
+        whole = weight is not None and type(weight.data) is torch.Tensor and weight.numel() > 0 \
+            and not hasattr(weight, "ds_id")
+        if not (type(projection) is torch.nn.Linear and projection.bias is None and whole):
+            self._chunked = False
+        return bool(self._chunked is not False)
+
+    def _projection_dtype(self) -> torch.dtype:
+        """The dtype the model's vocabulary projection computes in: autocast's under mixed precision (accelerate
+        hands the logits back in fp32 whatever they were computed in), else the weight's."""
+        mixed = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
+        return mixed or self._projection.weight.dtype
+
+    @torch.no_grad()
+    def _logits_are_projected(self, hidden: torch.Tensor, logits: torch.Tensor) -> bool:
+        """The first step's check: the model's logits equal the output embedding applied to its last hidden state,
+        in the logits' dtype (a final soft-cap or logit scale, as some families have, fails it)."""
+        dtype = self._projection_dtype()
+        mine = hidden[:, self._positions].to(dtype) @ self._projection.weight.to(dtype).T
+        return bool(torch.allclose(mine.float(), logits.float(), rtol=1e-2, atol=1e-2))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._weights = inputs.pop("loss_weights", None)
         self._positions = None
+        self._step_mode = "logits"
         if "labels" in inputs and self._accepts_logits_to_keep(model):
             self._positions = trained_positions(inputs["labels"])
             inputs["logits_to_keep"] = self._positions
+            if model.training and not return_outputs and self._chunk_candidate(model):
+                self._step_mode = "verify" if self._chunked is None else "chunked"
+                inputs["output_hidden_states"] = True
+                if self._step_mode == "chunked":
+                    inputs["logits_to_keep"] = self._positions[:0]  # no logits: the loss projects the hidden states
         if model.training:
             mask = inputs.get("attention_mask")
             self._tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())

@@ -172,7 +172,7 @@ def test_training_projects_only_trained_positions_and_the_gradients_match(tiny_r
     from ember.models.loading import load_model, load_tokenizer
 
     cfg = tiny_run_config("method.type=full", "train.optim=sgd", "train.learning_rate=1.0", "train.max_grad_norm=0",
-                          "train.max_steps=1", "train.per_device_train_batch_size=8")
+                          "train.max_steps=1", "train.per_device_train_batch_size=8", "data.packing=false")
     samples = prepare_data(cfg, progress=False).data.train
     assert len(samples) == 8
     widths, grads = LmHeadWidths(), GradCapture()

@@ -44,3 +44,34 @@ def test_packed_batch_equals_padded_batch(tiny_model_config):
     assert torch.allclose(loss_pad, loss_pack, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads_pad, grads_pack, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_segment_attention_equals_padded_batch_and_restores_sdpa(tiny_model_config):
+    from ember.models.segment_attention import segment_attention, segment_bounds
+
+    tiny_model_config.attn_implementation = "sdpa"
+    model = load_model(tiny_model_config, vocab_size=512)
+    rows = _rows()
+    loss_pad, grads_pad = _loss_and_grads(model, PadCollator(pad_token_id=0)(rows))
+    packed = PackedCollator()(rows)
+    assert segment_bounds(packed["position_ids"]) == [[(0, 7), (7, 19), (19, 24)]]
+    with segment_attention(model) as switched:
+        assert switched and model.config._attn_implementation == "ember_segments"
+        loss_seg, grads_seg = _loss_and_grads(model, dict(packed))
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.allclose(loss_pad, loss_seg, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_pad, grads_seg, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_segment_attention_refuses_a_row_it_cannot_split():
+    import pytest
+
+    from ember.models.segment_attention import segment_sdpa
+
+    q = torch.zeros(1, 2, 6, 8)
+    # no position_ids reached the attention: samples could see each other, so it stops
+    with pytest.raises(RuntimeError, match="data.packing: false"):
+        segment_sdpa(torch.nn.Module(), q, q, q, None)
+    with pytest.raises(RuntimeError, match="a mask"):
+        segment_sdpa(torch.nn.Module(), q, q, q, torch.ones(1, 1, 6, 6), position_ids=torch.arange(6)[None])

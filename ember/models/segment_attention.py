@@ -1,0 +1,95 @@
+"""Attention for padding-free batches without a block-diagonal mask: causal SDPA run on each packed sample.
+
+A padding-free batch is one row of several samples whose `position_ids` restart at 0 (ember.data.collate.
+PackedCollator). transformers keeps the samples apart by building a [T, T] block-diagonal mask, and with a mask
+SDPA can no longer skip the blocks above the diagonal: on a CPU, a row of 4 samples then costs more attention than
+the 4 samples padded side by side (bench/results/train_vs_peers.txt, profiled). Run one causal SDPA per sample
+instead and each sample's attention is exactly its own, at the cost of its own length squared over two.
+
+It is registered through transformers' public `AttentionInterface` under `SEGMENTS`; a model is switched to it
+with `set_attn_implementation` for training only (`segment_attention`), and back afterwards. Masks are never
+built for an implementation transformers does not know, so the function refuses a row it cannot split (no
+`position_ids`) instead of letting samples see each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import torch
+
+SEGMENTS = "ember_segments"
+
+# Every layer of one forward pass gets the same position_ids tensor: split it once (a weak reference, so a new
+# batch's tensor is never mistaken for the last one's).
+_last: tuple[Optional[weakref.ref], list[list[tuple[int, int]]]] = (None, [])
+
+
+def segment_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """For each row, the (start, end) of every sample: a sample starts where a position does not follow the one
+    before it by exactly 1 (the rule transformers uses to find packed samples)."""
+    global _last
+    ref, bounds = _last
+    if ref is not None and ref() is position_ids:
+        return bounds
+    width = position_ids.size(-1)
+    bounds = []
+    for row in torch.diff(position_ids, dim=-1).ne(1).tolist():
+        cuts = [0, *(i + 1 for i, restart in enumerate(row) if restart), width]
+        bounds.append(list(zip(cuts[:-1], cuts[1:], strict=True)))
+    _last = (weakref.ref(position_ids), bounds)
+    return bounds
+
+
+def segment_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor], **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, run causally on each sample of each row ([B, T, heads, dim] like it)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.pop("position_ids", None)
+    if attention_mask is not None or query.size(2) != key.size(2):
+        raise RuntimeError(f"{SEGMENTS} attention is for padding-free training rows (no mask, no cache); got "
+                           f"{'a mask' if attention_mask is not None else 'a KV cache'}")
+    if position_ids is None or position_ids.dim() != 2:
+        raise RuntimeError(f"{SEGMENTS} attention needs the batch's 2D position_ids to find its samples; this model "
+                           "does not pass them to its attention: train it with data.packing: false")
+    rows = []
+    for b, bounds in enumerate(segment_bounds(position_ids.expand(query.size(0), -1))):
+        q, k, v = query[b:b + 1], key[b:b + 1], value[b:b + 1]
+        parts = [sdpa_attention_forward(module, q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], None, is_causal=True,
+                                        **kwargs)[0] for s, e in bounds]
+        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+    return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    if SEGMENTS not in AttentionInterface._global_mapping:
+        AttentionInterface.register(SEGMENTS, segment_sdpa)
+
+
+def supports_segments(model: torch.nn.Module) -> bool:
+    """Whether the model runs its attention through transformers' attention interface with SDPA (the models whose
+    layers pass `position_ids` on to it); others keep transformers' own handling of packed rows."""
+    config = getattr(model, "config", None)
+    return (getattr(model, "_supports_attention_backend", False) and config is not None
+            and getattr(config, "_attn_implementation", None) == "sdpa"
+            and not hasattr(config, "vision_config"))
+
+
+@contextlib.contextmanager
+def segment_attention(model: torch.nn.Module) -> Iterator[bool]:
+    """While inside, a padding-free model attends sample by sample (yields whether it was switched)."""
+    if not supports_segments(model):
+        yield False
+        return
+    _register()
+    model.set_attn_implementation(SEGMENTS)
+    try:
+        yield True
+    finally:
+        model.set_attn_implementation("sdpa")

@@ -1,0 +1,94 @@
+"""The chunked cross-entropy through the output embedding equals the plain logits path, and stands in for it
+only where the model's logits are that projection."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ember.training.chunked_loss import linear_cross_entropy, trained_rows
+
+
+def _case(seed: int = 0):
+    torch.manual_seed(seed)
+    hidden = torch.randn(11, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 40, (11,))
+    scale = torch.rand(11, dtype=torch.float64) / 7
+    return hidden, weight, targets, scale
+
+
+def test_loss_and_gradients_equal_the_logits_path_whatever_the_chunk():
+    hidden, weight, targets, scale = _case()
+    reference = (F.cross_entropy(hidden @ weight.T, targets, reduction="none") * scale).sum()
+    reference.backward()
+    expected = (reference.detach(), hidden.grad.clone(), weight.grad.clone())
+    for chunk in (1, 3, 11, 64):
+        hidden.grad = weight.grad = None
+        loss = linear_cross_entropy(hidden, weight, targets, scale, torch.float64, chunk)
+        (2.0 * loss).backward()  # the upstream gradient scales both
+        assert torch.allclose(loss, expected[0], rtol=1e-6, atol=0), chunk
+        assert torch.allclose(hidden.grad, 2 * expected[1], rtol=1e-6, atol=1e-9), chunk
+        assert torch.allclose(weight.grad, 2 * expected[2], rtol=1e-6, atol=1e-9), chunk
+
+
+def test_a_frozen_weight_gets_no_gradient_and_bf16_matches_autocast():
+    hidden, weight, targets, scale = _case(1)
+    weight = weight.detach().float()
+    hidden = hidden.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = F.linear(hidden, weight)
+    reference = (F.cross_entropy(logits.float(), targets, reduction="none") * scale.float()).sum()
+    reference.backward()
+    expected = hidden.grad.clone()
+    hidden.grad = None
+    loss = linear_cross_entropy(hidden, weight, targets, scale, torch.bfloat16, 4)
+    loss.backward()
+    assert weight.grad is None
+    assert torch.allclose(loss, reference.detach(), rtol=1e-5)
+    assert torch.allclose(hidden.grad, expected, rtol=1e-2, atol=1e-4)  # bf16 gradient casts, as autocast's
+
+
+def test_trained_rows_pick_the_targets_weights_and_step_count():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, -100, -100]])
+    weights = torch.tensor([[0.0, 0.0, 0.5, 2.0], [0.0, 1.0, 0.0, 0.0]])
+    rows, targets, scale = trained_rows(hidden, labels, weights, num_items=10)
+    assert rows.squeeze(1).tolist() == [1.0, 2.0, 4.0]  # the hidden state BEFORE each trained token
+    assert targets.tolist() == [5, 6, 7]
+    assert scale.tolist() == pytest.approx([0.05, 0.2, 0.1])
+
+
+def test_logits_that_are_not_the_projection_keep_the_plain_path():
+    from ember.training.trainer import EmberTrainer
+
+    torch.manual_seed(2)
+    projection = torch.nn.Linear(8, 30, bias=False)
+    hidden = torch.randn(1, 5, 8) * 8
+    trainer = EmberTrainer.__new__(EmberTrainer)  # only the check's own state
+    trainer._projection, trainer._positions = projection, torch.tensor([1, 2, 3])
+    trainer.accelerator = SimpleNamespace(mixed_precision="no")
+    with torch.no_grad():
+        logits = projection(hidden[:, trainer._positions])
+        assert trainer._logits_are_projected(hidden, logits)
+        assert not trainer._logits_are_projected(hidden, 30 * torch.tanh(logits / 30))  # a final soft-cap
+        assert not trainer._logits_are_projected(hidden, logits * 0.5)  # a logit scale
+
+
+def test_a_training_run_uses_the_chunked_loss(tiny_run_config, monkeypatch):
+    from ember.training import trainer as trainer_module
+    from ember.training.run import train
+
+    rows = []
+    original = trainer_module.linear_cross_entropy
+
+    def counting(hidden, *args, **kwargs):
+        rows.append(hidden.shape[0])
+        return original(hidden, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "linear_cross_entropy", counting)  # a spy on our own module
+    train(tiny_run_config("train.max_steps=2"))
+    assert len(rows) == 2 and all(n > 0 for n in rows)  # the first step (checked) and the next
