@@ -136,7 +136,8 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     family = detect_family(getattr(model.config, "model_type", ""), cfg.model.family)
     model.config.use_cache = False  # training never needs the KV cache (and packed batches must not build one)
     model = apply_method(model, cfg.method, family, cfg.train.gradient_checkpointing, _rows_to_train(new_rows, cfg))
-    packing = _packing(cfg, model, prepared.processor is not None or prepared.stage.name not in ("sft", "pt"))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # the transformers model under peft
+    packing = _packing(cfg, base, prepared.stage.packs_by_default())
     sharded = args.deepspeed or args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
         os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     if cfg.method.type == "lora" and args.bf16 and not sharded:
@@ -162,7 +163,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         metadata=metadata,
         guard=guard,
     )
-    with _padding_free_attention(model, packing):
+    with _padding_free_attention(base, packing):
         result = trainer.train(resume_from_checkpoint=resume)
     if guard.stopped:
         raise TrainingStopped(_stopped_message(guard, cfg))
@@ -180,7 +181,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         metrics["skipped_steps"] = guard.skipped
         say(f"warning: {len(guard.skipped)} optimizer step(s) skipped for non-finite numbers: steps {guard.skipped}")
     if prepared.data.eval:
-        with _padding_free_attention(model, packing):
+        with _padding_free_attention(base, packing):
             metrics.update(trainer.evaluate())
     if trainer.is_world_process_zero():
         write_metadata(out, tokenizer=prepared.processor or tokenizer, **metadata)
@@ -194,30 +195,28 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     return TrainResult(out, metrics, trainable, total)
 
 
-def _packing(cfg: EmberConfig, model, padded: bool) -> bool:
-    """`data.packing`, with null decided here: padding-free for SFT / pretraining text batches where the model
-    attends sample by sample (ember.models.segment_attention); padded rows for image batches, preference pairs (their
-    reference model attends as loaded) and other attention code, whose packed rows would need a block-diagonal mask
-    (no faster than padding) or might not keep samples apart."""
+def _packing(cfg: EmberConfig, base, stage_packs: bool) -> bool:
+    """`data.packing`, with null decided here: padding-free where the stage allows it (not image batches, not
+    preference pairs: `Stage.packs_by_default`) and the model attends sample by sample
+    (ember.models.segment_attention); padded rows for other attention code, whose packed rows would need a
+    block-diagonal mask (no faster than padding) or might not keep samples apart."""
     from ember.models.segment_attention import supports_segments
 
     if cfg.data.packing is not None:
         return cfg.data.packing
-    packing = not padded and supports_segments(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    packing = stage_packs and supports_segments(base)
     say(f"batches: {'padding-free (data.packing: auto)' if packing else 'padded rows (data.packing: auto)'}")
     return packing
 
 
-def _padding_free_attention(model, packing: bool):
+def _padding_free_attention(base, packing: bool):
     """Packed rows attend sample by sample with causal SDPA (ember.models.segment_attention) where the model
     supports it; transformers' block-diagonal mask otherwise."""
     import contextlib
 
     from ember.models.segment_attention import segment_attention
 
-    if not packing:
-        return contextlib.nullcontext()
-    return segment_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    return segment_attention(base) if packing else contextlib.nullcontext()
 
 
 def _upload_callbacks(cfg: EmberConfig) -> list[Any]:

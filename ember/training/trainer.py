@@ -44,6 +44,7 @@ class EmberTrainer(Trainer):
         # The chunked loss (ember.training.chunked_loss) replaces the model's logits once the first training step
         # has shown that they are the output embedding applied to the last hidden state: None = not yet known.
         self._chunked: Optional[bool] = None
+        self._projection: Optional[torch.nn.Linear] = None
         self._step_mode = "logits"
         self._tokens_seen = 0
         self._clock: Optional[tuple[float, int]] = None
@@ -68,14 +69,16 @@ class EmberTrainer(Trainer):
         plain bias-free Linear held whole on this process (not a ZeRO-3 / FSDP shard, not an adapter layer)."""
         if self._chunked is False or self._loss_fn is not causal_lm_loss or not self._accepts_logits_to_keep(model):
             return False
-        projection = self.accelerator.unwrap_model(model).get_output_embeddings()
-        weight = getattr(projection, "weight", None)
-        self._projection = projection
-        whole = weight is not None and type(weight.data) is torch.Tensor and weight.numel() > 0 \
-            and not hasattr(weight, "ds_id")
-        if not (type(projection) is torch.nn.Linear and projection.bias is None and whole):
-            self._chunked = False
-        return bool(self._chunked is not False)
+        if self._projection is None:  # looked up once: the model does not change during a run
+            projection = self.accelerator.unwrap_model(model).get_output_embeddings()
+            weight = getattr(projection, "weight", None)
+            whole = weight is not None and type(weight.data) is torch.Tensor and weight.numel() > 0 \
+                and not hasattr(weight, "ds_id")
+            if not (type(projection) is torch.nn.Linear and projection.bias is None and whole):
+                self._chunked = False
+                return False
+            self._projection = projection
+        return True
 
     def _projection_dtype(self) -> torch.dtype:
         """The dtype the model's vocabulary projection computes in: autocast's under mixed precision (accelerate

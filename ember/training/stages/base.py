@@ -35,6 +35,10 @@ class Stage:
             return PackedCollator()
         return PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1)
 
+    def packs_by_default(self) -> bool:
+        """Whether `data.packing: null` may pack this stage's batches (where the model attends sample by sample)."""
+        return True
+
     def with_images(self, images: Any) -> "Stage":
         """This stage for an image-text model (`images`: the model's `ember.data.vision.ImageTokens`)."""
         from ember.errors import ConfigError

@@ -24,6 +24,9 @@ class PreferenceStage(Stage):
     def dataset(self, samples) -> torch.utils.data.Dataset:
         return KTODataset(samples) if self.objective.kind == "kto" else PairDataset(samples)
 
+    def packs_by_default(self) -> bool:
+        return False  # a reference model (or copy) attends as loaded; packed rows stay an explicit data.packing: true
+
     def collator(self, tokenizer, packing: bool) -> Any:
         return PreferenceCollator(tokenizer.pad_token_id, packing, 8 if torch.cuda.is_available() and not packing else 1)
 

@@ -32,6 +32,9 @@ class ImageChatStage(Stage):
 
         return VisionDataset(samples)
 
+    def packs_by_default(self) -> bool:
+        return False  # image batches are padded
+
     def collator(self, tokenizer, packing: bool) -> Any:
         from ember.data.collate import PadCollator
         from ember.data.vision import VisionCollator
