@@ -15,7 +15,6 @@ the server's scheduler adds rows between steps (continuous batching). Beam searc
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -23,7 +22,7 @@ import torch
 
 from ember.inference.completion import Completion, GenerationOptions, Row
 from ember.inference.sampling import Constraint, Sampler, row_seed
-from ember.models.forward import accepts_logits_to_keep
+from ember.models.forward import accepts_logits_to_keep, forward_accepts
 
 
 class _Seq:
@@ -234,17 +233,6 @@ def _pad_left(t: torch.Tensor, n: int, dim: int = 2) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
-def _base(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _accepts(model: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(_base(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _cache_argument(model: Any) -> str:
     """transformers ≥ 5.x renamed `past_key_values` to `cache`; pass whichever this model's forward takes."""
-    return "cache" if _accepts(model, "cache") else "past_key_values"
+    return "cache" if forward_accepts(model, "cache") else "past_key_values"

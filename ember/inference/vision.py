@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ember.inference.completion import PromptImages
+from ember.models.forward import base_model
 
 
 def prompt_images(model: Any, renderer: Any, ids: list[int], images: Sequence[bytes]) -> PromptImages:
@@ -33,7 +34,7 @@ def prompt_images(model: Any, renderer: Any, ids: list[int], images: Sequence[by
 
 def _rope_index(model: Any):
     """The model's `get_rope_index` (M-RoPE models only), through a peft wrapper."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     for candidate in (base, getattr(base, "model", None)):
         rope = getattr(candidate, "get_rope_index", None)
         if callable(rope):

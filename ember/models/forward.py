@@ -5,10 +5,19 @@ from __future__ import annotations
 import inspect
 
 
-def accepts_logits_to_keep(model) -> bool:
-    """True when the causal LM can compute logits at chosen positions only (transformers' `logits_to_keep`)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+def base_model(model):
+    """The transformers model under a peft wrapper (the model itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def forward_accepts(model, name: str) -> bool:
+    """True when the (unwrapped) model's forward takes the keyword `name`."""
     try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+        return name in inspect.signature(base_model(model).forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """True when the causal LM can compute logits at chosen positions only (transformers' `logits_to_keep`)."""
+    return forward_accepts(model, "logits_to_keep")

@@ -8,7 +8,6 @@ model comes from the family registry (`vision:` in families.yaml).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional
 
 from ember.config.schema import ModelConfig
@@ -98,11 +97,3 @@ def language_model(model, parts: VisionParts) -> tuple[str, Any]:
         if name.split(".")[-1] == parts.language_model.split(".")[-1] and _under(name, parts.language_model):
             return name, module
     raise ConfigError(f"no module named '{parts.language_model}' in {type(model).__name__}")
-
-
-def forward_accepts(model, name: str) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return name in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False

@@ -15,6 +15,7 @@ import torch
 
 from ember.config.schema import EmberConfig
 from ember.errors import ConfigError
+from ember.models.forward import base_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -191,7 +192,7 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
 
     model, quantized = build_meta_model(cfg, gpu)
     config = model.config
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     _, stack = decoder_stack(base)
     from ember.models.quantized import checkpoint_quantization
 

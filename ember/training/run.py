@@ -16,6 +16,7 @@ from ember.config.validate import config_warnings
 from ember.config.schema import EmberConfig
 from ember.errors import ConfigError, TrainingStopped
 from ember.core.artifacts import DATA_REPORT, write_metadata
+from ember.models.forward import base_model
 from ember.training.distributed import (fsdp_without_gpus, is_main_process, main_process_first, rank,
                                         start_deepspeed_comm)
 
@@ -136,7 +137,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     family = detect_family(getattr(model.config, "model_type", ""), cfg.model.family)
     model.config.use_cache = False  # training never needs the KV cache (and packed batches must not build one)
     model = apply_method(model, cfg.method, family, cfg.train.gradient_checkpointing, _rows_to_train(new_rows, cfg))
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # the transformers model under peft
+    base = base_model(model)
     packing = _packing(cfg, base, prepared.stage.packs_by_default())
     sharded = args.deepspeed or args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
         os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
