@@ -19,7 +19,7 @@ from ember.config.schema import DataConfig, DatasetSpec
 from ember.data.conversation import Conversation
 from ember.data.formats import convert, detect_format
 from ember.data.pretrain import BlockCutter
-from ember.data.render import IGNORE_INDEX, Encoded, RenderError, Renderer
+from ember.data.render import Encoded, RenderError, Renderer
 from ember.data.report import DataReport
 from ember.data.store import (CONVERSATION_SCHEMA, SAMPLE_SCHEMA, TEXT_SCHEMA, TOKENS_SCHEMA, ArrowWriter, Rows,
                               Samples, conversation_row, read_table, row_conversation, sample_row)
@@ -140,7 +140,7 @@ class ChatRecipe(Recipe):
                         continue
                     for warning in enc.warnings if sample is enc else sample.warnings:
                         report.warn(warning)
-                    if pad is not None and pad not in stops and pad in (x for x in sample.labels if x != IGNORE_INDEX):
+                    if pad is not None and pad not in stops and pad in sample.labels:  # pad ids are never IGNORE_INDEX
                         report.warn(f"{sample.source}: the pad token ({ctx.tokenizer.pad_token}) is trained in the labels")
                     report.add_sample(sample)
                     yield self.sample_row(sample)

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 from ember.data.conversation import Conversation, Message
 from ember.data.images import IMAGE_MARKER
 from ember.data.layout import AUDITED_ANSWERS, SpanLayout, build_skeleton, log as layout_log, sentinel
-from ember.data.tokenize import holds_added_token, tokenize_with_offsets
+from ember.data.tokenize import EncodingOffsets, holds_added_token, tokenize_with_offsets
 from ember.data.tools import calls_text, result_text, tools_text
 from ember.errors import ConfigError, DataError
 
@@ -57,10 +57,12 @@ class Encoded:
     # The rendered text and each token's character span, kept on a whole conversation's encoding so truncation can
     # cut windows out of it (ember.data.truncation); never stored with the samples.
     text: Optional[str] = field(default=None, repr=False, compare=False)
-    offsets: Optional[list[tuple[int, int]]] = field(default=None, repr=False, compare=False)
+    offsets: Optional[Sequence[tuple[int, int]]] = field(default=None, repr=False, compare=False)
 
-    @property
+    @functools.cached_property
     def trained_tokens(self) -> int:
+        # Counted once: a sample is asked several times on its way to the cache, and its labels are final once
+        # built (only `Renderer._label` writes them, before anyone asks).
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
@@ -113,8 +115,12 @@ class Renderer:
         return stops
 
     def _stop_ids(self, strings: Sequence[str]) -> list[int]:
-        vocab = self.tokenizer.get_vocab()
-        ids = [vocab[s] for s in strings if s in vocab]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # a lookup per string: building the whole vocabulary dict costs more than this
+            ids = [i for i in map(backend.token_to_id, strings) if i is not None]
+        else:
+            vocab = self.tokenizer.get_vocab()
+            ids = [vocab[s] for s in strings if s in vocab]
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token in strings:
             ids.append(self.tokenizer.eos_token_id)
         return list(dict.fromkeys(ids))
@@ -388,7 +394,7 @@ def _first(offset: tuple[int, int]) -> int:
     return offset[0]
 
 
-def tokenize_batch(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def tokenize_batch(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], Sequence[tuple[int, int]]]]:
     """(ids, character offsets) of each text, as `tokenizer(text, add_special_tokens=False)` gives them, in one call
     to the fast tokenizer's backend (which runs the batch on several threads)."""
     if not texts:
@@ -397,7 +403,7 @@ def tokenize_batch(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], lis
     if backend is not None:
         # transformers leaves this flag as its last call set it (`split_special_tokens=True` for protected text)
         backend.encode_special_tokens = getattr(tokenizer, "split_special_tokens", False)
-        return [(e.ids, e.offsets) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [(e.ids, EncodingOffsets(e)) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
     batch = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(batch["input_ids"], batch["offset_mapping"], strict=True)]
 
@@ -405,8 +411,16 @@ def tokenize_batch(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], lis
 def tokenizer_identity(tokenizer) -> str:
     """A digest of everything in the tokenizer that changes ids: vocab, added/special tokens, chat template."""
     h = hashlib.sha256()
-    h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode("utf-8"))
-    h.update(json.dumps(sorted(tokenizer.get_added_vocab().items()), ensure_ascii=False).encode("utf-8"))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # The fast tokenizer's whole definition (added tokens, normalizer, pre-tokenizer, model with its merges),
+        # from its JSON: four times quicker than sorting the vocabulary, and merges change ids too. What comes
+        # before "added_tokens" is the truncation/padding state the last call left, which changes no id.
+        definition = backend.to_str()
+        h.update(definition[max(0, definition.find('"added_tokens"')):].encode("utf-8"))
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode("utf-8"))
+        h.update(json.dumps(sorted(tokenizer.get_added_vocab().items()), ensure_ascii=False).encode("utf-8"))
     h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode("utf-8"))
     h.update(str(tokenizer.chat_template).encode("utf-8"))
     h.update(type(tokenizer).__name__.encode("utf-8"))

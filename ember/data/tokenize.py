@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 Span = tuple[int, int]
 
@@ -21,6 +21,28 @@ def _added_token_pattern(tokens: tuple[str, ...]) -> re.Pattern | None:
         return None
     # Longest first so that `<|im_start|>assistant`-style overlaps match the way the tokenizer's trie does.
     return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+class EncodingOffsets(Sequence):
+    """A fast tokenizer Encoding's (start, end) character span of each token, read one at a time. Building the list
+    of every token's tuple costs several times what labelling reads of it (a few bisections per answer)."""
+
+    __slots__ = ("_encoding", "_length")
+
+    def __init__(self, encoding):
+        self._encoding, self._length = encoding, len(encoding)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("token index out of range")
+        return self._encoding.token_to_chars(index)
 
 
 def added_tokens(tokenizer) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ember.data.conversation import Conversation, Message
-from ember.data.render import IGNORE_INDEX, Encoded, Renderer
+from ember.data.render import IGNORE_INDEX, Encoded, Renderer, tokenize_batch
 
 # Reasons an answer token is not trained; the data report counts lost tokens by these names.
 LOST_ROUNDS = "rounds dropped (truncation: turns)"
@@ -183,7 +183,7 @@ class _Rounds:
         `user_keep` keeps only that many trailing characters of round `first`'s user message."""
         key = (first, last, trained_from, user_keep)
         if key not in self._encoded:
-            cut = self.cut(first, last, trained_from) if user_keep is None else None
+            cut = self.cut(first, last, trained_from, user_keep)
             self._encoded[key] = cut if cut is not None else self._encode_window(first, last, trained_from, user_keep)
         return self._encoded[key]
 
@@ -207,12 +207,15 @@ class _Rounds:
             self._encoded[key] = self.renderer.encode(conv, self.mask)
         return self._encoded[key]
 
-    def cut(self, first: int, last: int, trained_from: Optional[int] = None) -> Optional[Encoded]:
+    def cut(self, first: int, last: int, trained_from: Optional[int] = None,
+            user_keep: Optional[int] = None) -> Optional[Encoded]:
         """[system] + rounds first..last cut out of the full encoding, or None when that is not provably the
         window's own encoding. Proof: the window renders to exactly the full text's system block followed by the
         text of rounds first..last, and each cut (the start of round `first`, the end of round `last`, the end of
         the system block) falls just before a token the tokenizer always splits at, so each side is tokenised on its
-        own — the same tokens here as in the full text. Labels follow: answers before `trained_from` become context."""
+        own — the same tokens here as in the full text. Labels follow: answers before `trained_from` become context.
+        With `user_keep`, round `first`'s question keeps only its last characters: the text between the two such
+        tokens around the question is encoded anew (a question is a prompt: its tokens are never trained)."""
         if not self.cuttable:
             return None
         enc, bounds, n = self.enc, self.bounds, len(self.enc.input_ids)
@@ -222,18 +225,61 @@ class _Rounds:
             return None
         offsets, full = enc.offsets, enc.text
         assert offsets is not None and full is not None
-        text = self.renderer.render_text(self._messages(first, last, trained_from, None), tools=self.conv.tools)
+        text = self.renderer.render_text(self._messages(first, last, trained_from, user_keep), tools=self.conv.tools)
         system_chars, begin_char = offsets[system][0] if system else 0, offsets[begin][0]
         end_char = offsets[end][0] if end < n else len(full)
-        if text != full[:system_chars] + full[begin_char:end_char]:
-            return None
-        shift = system - begin
-        labels = [IGNORE_INDEX] * system + enc.labels[begin:end]
+        ids = enc.input_ids[begin:end]
+        labels = enc.labels[begin:end]
+        new_tokens = 0  # tokens the cut question has more than the whole one (negative: fewer)
+        if user_keep is None:
+            if text != full[:system_chars] + full[begin_char:end_char]:
+                return None
+        else:
+            replaced = self._replace_question(first, user_keep, text, system_chars, begin, end)
+            if replaced is None:
+                return None
+            after, upto, question_ids = replaced  # question_ids replace ids[after:upto] (relative to `begin`)
+            new_tokens = len(question_ids) - (upto - after)
+            ids = ids[:after] + question_ids + ids[upto:]
+            labels = labels[:after] + [IGNORE_INDEX] * len(question_ids) + labels[upto:]
+        labels = [IGNORE_INDEX] * system + labels
         context_end = bounds[trained_from] if trained_from is not None and trained_from > first else begin
-        labels[system: system + context_end - begin] = [IGNORE_INDEX] * (context_end - begin)
+        context = context_end - begin + (new_tokens if context_end > begin else 0)
+        labels[system: system + context] = [IGNORE_INDEX] * context
         moved = self.round_starts[first] - len(self.system)  # messages dropped between the system and round `first`
+        shift = system - begin + new_tokens  # every answer stands after round `first`'s question
         answers = [(i - moved, a + shift, b + shift) for i, a, b in enc.answers or () if begin <= a and b <= end]
-        return Encoded(enc.input_ids[:system] + enc.input_ids[begin:end], labels, enc.source, answers=answers)
+        return Encoded(enc.input_ids[:system] + ids, labels, enc.source, answers=answers)
+
+    def _replace_question(self, first: int, user_keep: int, text: str, system_chars: int, begin: int,
+                          end: int) -> Optional[tuple[int, int, list[int]]]:
+        """For `cut`: where round `first`'s question stands in the full encoding, between which two tokens the
+        tokenizer always splits at (token indexes relative to `begin`: the ids after the first, up to the second),
+        and the ids of the text between them with the question cut to its last `user_keep` characters; None unless
+        the window `text` is provably that."""
+        enc, hard = self.enc, self.renderer.hard_split_ids
+        offsets, full = enc.offsets, enc.text
+        assert offsets is not None and full is not None
+        question = self.rounds[first][0].content
+        begin_char = offsets[begin][0]
+        end_char = offsets[end][0] if end < len(enc.input_ids) else len(full)
+        at = full.find(question, begin_char, end_char)
+        if at < 0:
+            return None
+        stop = at + len(question)
+        kept = question[len(question) - user_keep:] if user_keep else ""
+        if text != full[:system_chars] + full[begin_char:at] + kept + full[stop:end_char]:
+            return None
+        # The last such token ending at or before the question, and the first starting at or after its end.
+        left = next((t for t in range(bisect.bisect_left(offsets, at, lo=begin, hi=end, key=_start) - 1, begin - 1, -1)
+                     if enc.input_ids[t] in hard and offsets[t][1] <= at), None)
+        right = next((t for t in range(bisect.bisect_left(offsets, stop, lo=begin, hi=end, key=_start), end)
+                      if enc.input_ids[t] in hard), None)
+        if left is None or right is None:
+            return None
+        between = full[offsets[left][1]:at] + kept + full[stop:offsets[right][0]]
+        question_ids = tokenize_batch(self.renderer.tokenizer, [between])[0][0] if between else []
+        return left + 1 - begin, right - begin, list(question_ids)
 
     def fits(self, enc: Encoded) -> bool:
         return len(enc.input_ids) <= self.max_length
@@ -343,9 +389,11 @@ class _Rounds:
         if first_answer > budget and user.role == "user":
             size = len(user.content)
             guess = 1 + (first_answer - budget) * size // first_answer
-            # Where the answer starts depends on the question only: probe with the question (cheap), not the round.
+            # Where the answer starts depends on the question only: the prompt without it, plus the question's
+            # tokens from character k on. Where to cut is a choice, so an estimate will do: the sample is encoded.
             header = self._prompt_length(index, 0)
-            cut = _smallest(0, size, guess, lambda k: header + self._text_length(user.content[k:]) <= budget)
+            kept = self._question_tokens(index, user.content)
+            cut = _smallest(0, size, guess, lambda k: header + kept(k) <= budget)
             alone = self.window(index, index, index, size - cut if cut is not None else 0)
         sample = _cut(alone, slice(0, self.max_length))
         if sample.trained_tokens == 0:
@@ -360,15 +408,30 @@ class _Rounds:
         question = replace(user, content=user.content[len(user.content) - user_keep:] if user_keep else "")
         return len(self.renderer.prompt_ids([*self.system, question], tools=self.conv.tools))
 
-    def _text_length(self, text: str) -> int:
-        backend = getattr(self.renderer.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            return len(backend.encode(text, add_special_tokens=False).ids)
-        return len(self.renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _question_tokens(self, index: int, question: str) -> Callable[[int], int]:
+        """k → the tokens of question[k:], counted in the full encoding where the question stands in its text (else
+        in one encoding of the question alone); a token the cut splits counts whole."""
+        enc, offsets, at = self.enc, self.enc.offsets, -1
+        if enc.text is not None and offsets is not None and self.bounds[index] < len(offsets):
+            at = enc.text.find(question, offsets[self.bounds[index]][0])
+        if at < 0:
+            _, offsets = tokenize_batch(self.renderer.tokenizer, [question])[0]
+            at = 0
+        assert offsets is not None
+        end = bisect.bisect_left(offsets, at + len(question), key=_start)
+        return lambda k: end - bisect.bisect_right(offsets, at + k, key=_end)
 
     @staticmethod
     def _answer_start(enc: Encoded) -> int:
         return min((first for _, first, _ in enc.answers or []), default=len(enc.input_ids))
+
+
+def _start(offset: tuple[int, int]) -> int:
+    return offset[0]
+
+
+def _end(offset: tuple[int, int]) -> int:
+    return offset[1]
 
 
 def has_trained(enc: Encoded) -> bool:

@@ -117,6 +117,30 @@ def test_windows_cut_from_the_full_encoding_equal_their_own_encoding(smol_tokeni
     assert got == [_samples(Renderer(smol_tokenizer), conv, mode, 96) for conv in convs]
 
 
+def chat_with_long_questions(rounds: int, system: bool) -> Conversation:
+    messages = [SYSTEM] if system else []
+    for r in range(rounds):
+        question = f"Question {r}: " + ("why is that so " * 30 if r % 3 == 1 else "?")
+        answer = f"Answer {r}: " + ("and so on " * 12 if r % 4 == 0 else "ok.")
+        messages += [Message("user", question), Message("assistant", answer)]
+    return Conversation(messages, f"questions.jsonl:{rounds}")
+
+
+@pytest.mark.parametrize("mode", ["split", "turns"])
+@pytest.mark.parametrize("system", [True, False])
+def test_a_window_whose_question_is_cut_is_cut_from_the_full_encoding_too(smol_tokenizer, monkeypatch, mode, system):
+    # Only the text between the tokens around the question is encoded again; the answer's tokens are reused.
+    convs = [chat_with_long_questions(8, system), chat_with_long_questions(14, system)]
+    used = []
+    original = _Rounds.cut
+    monkeypatch.setattr(_Rounds, "cut", lambda self, *a, **k: used.append((a, original(self, *a, **k))) or used[-1][1])
+    got = [_samples(Renderer(smol_tokenizer), conv, mode, 96) for conv in convs]
+    question_cuts = [out for args, out in used if len(args) > 3 and args[3] is not None]
+    assert question_cuts and all(out is not None for out in question_cuts)
+    _without_cuts(monkeypatch)
+    assert got == [_samples(Renderer(smol_tokenizer), conv, mode, 96) for conv in convs]
+
+
 def test_hard_split_tokens_are_the_added_tokens_nothing_can_merge_into(smol_tokenizer):
     hard = {smol_tokenizer.convert_ids_to_tokens(i) for i in Renderer(smol_tokenizer).hard_split_ids}
     assert {"<|im_start|>", "<|im_end|>", "<|endoftext|>"} <= hard
