@@ -13,7 +13,6 @@ the tokens the model's processor gives that image — never trained, in training
 
 from __future__ import annotations
 
-import bisect
 import functools
 import hashlib
 import json
@@ -24,7 +23,7 @@ from typing import Any, Optional, Sequence
 from ember.data.conversation import Conversation, Message
 from ember.data.images import IMAGE_MARKER
 from ember.data.layout import AUDITED_ANSWERS, SpanLayout, build_skeleton, log as layout_log, sentinel
-from ember.data.tokenize import EncodingOffsets, holds_added_token, tokenize_with_offsets
+from ember.data.tokenize import EncodingOffsets, first_token_from, holds_added_token, tokenize_with_offsets
 from ember.data.tools import calls_text, result_text, tools_text
 from ember.errors import ConfigError, DataError
 
@@ -357,14 +356,14 @@ class Renderer:
         answers, runs = [], []  # runs: (first token, end token, trained, weight) of each answer's labels
         for index, start, end in spans:
             msg = conv.messages[index]
-            # Tokens cover the text in order, so their start offsets never decrease: bisect instead of scanning.
-            first = bisect.bisect_left(offsets, start, key=_first)
+            # Tokens cover the text in order, so their start offsets never decrease: no scan.
+            first = first_token_from(offsets, start)
             straddles = first > 0 and offsets[first - 1][1] > start
             if straddles:
                 # A token that merges the end of the role header with the start of the answer (e.g. "Assistant: " +
                 # "Red" → " Red") is the answer's first token: train it, or the answer's start is never learned.
                 first -= 1
-            stop = bisect.bisect_left(offsets, end, key=_first)
+            stop = first_token_from(offsets, end)
             answers.append((index, first, stop))
             closing = next((t for t in range(stop - 1, first - 1, -1) if ids[t] in stop_ids), None)
             upto = closing + 1 if closing is not None else stop  # the span ends with its last end-of-turn token
@@ -388,10 +387,6 @@ class Renderer:
                 weights[first:upto] = [weight if trained else 0.0] * (upto - first)
         enc.weights = weights
         return enc
-
-
-def _first(offset: tuple[int, int]) -> int:
-    return offset[0]
 
 
 def tokenize_batch(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], Sequence[tuple[int, int]]]]:

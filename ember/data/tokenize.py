@@ -8,6 +8,7 @@ same, but only split at special tokens the *template* emitted: special-token tex
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from collections.abc import Sequence
@@ -43,6 +44,31 @@ class EncodingOffsets(Sequence):
         if not 0 <= index < self._length:
             raise IndexError("token index out of range")
         return self._encoding.token_to_chars(index)
+
+    def first_from(self, position: int) -> int:
+        """The first token starting at or after character `position` (bisect_left over the starts), found from the
+        token that holds that character: two lookups instead of a bisection's dozen."""
+        token = self._encoding.char_to_token(position) if position >= 0 else None
+        if token is None:  # past the end, or a character no token holds
+            return bisect.bisect_left(self, position, key=_start)
+        if self[token][0] >= position:
+            while token > 0 and self[token - 1][0] >= position:
+                token -= 1
+            return token
+        while token + 1 < self._length and self[token + 1][0] < position:
+            token += 1
+        return token + 1
+
+
+def first_token_from(offsets: Sequence[Span], position: int) -> int:
+    """The first token whose (start, end) offset starts at or after `position`; offsets start in order."""
+    if isinstance(offsets, EncodingOffsets):
+        return offsets.first_from(position)
+    return bisect.bisect_left(offsets, position, key=_start)
+
+
+def _start(offset: Span) -> int:
+    return offset[0]
 
 
 def added_tokens(tokenizer) -> tuple[str, ...]:
