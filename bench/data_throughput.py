@@ -97,24 +97,36 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"load average at start {os.getloadavg()[0]:.2f}",
         "",
-        f"{'set':12s} {'records':>7s} {'samples':>7s} {'tokens':>9s} {'np=1 s':>7s} {'tokens/s':>9s} {'np=2 s':>7s} "
-        f"{'tokens/s':>9s} {'np2/np1':>7s} {'miss s':>7s} {'hit s':>6s} {'load':>5s}",
+        f"{'set':12s} {'records':>7s} {'samples':>7s} {'tokens':>9s} {'np=1 s':>7s} {'1 core':>7s} {'tokens/s':>9s} "
+        f"{'np=2 s':>7s} {'tokens/s':>9s} {'np2/np1':>7s} {'/1 core':>7s} {'miss s':>7s} {'hit s':>6s} {'load':>5s}",
     ]
     print("\n".join(lines), flush=True)
     for name, rel in SETS.items():
         path = base / rel
         row = []
-        for num_proc in (1, 2):
-            prepared, seconds = timed(lambda: prepare(config(path, args.max_length, num_proc)), repeat=2)
+        for num_proc, threads in ((1, True), (1, False), (2, True)):
+            # One process, the tokenizer's own thread pool off: the one-core figure the worker processes scale from
+            # (the variable is read at each batch call; forked workers run their batches on one thread anyway).
+            saved = os.environ.get("TOKENIZERS_PARALLELISM")
+            if not threads:
+                os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            try:
+                prepared, seconds = timed(lambda: prepare(config(path, args.max_length, num_proc)), repeat=2)
+            finally:
+                if saved is None:
+                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = saved
             report = prepared.data.report
             row.append((seconds, report.total_tokens / seconds))
         with tempfile.TemporaryDirectory() as cache_dir:
             _, miss_s = timed(lambda: prepare(config(path, args.max_length, 2, cache_dir)))
             hit, hit_s = timed(lambda: prepare(config(path, args.max_length, 2, cache_dir)))
             assert hit.from_cache
-        (s1, tps1), (s2, tps2) = row
-        line = (f"{name:12s} {report.read:7d} {report.train_samples:7d} {report.total_tokens:9d} {s1:7.2f} {tps1:9.0f} "
-                f"{s2:7.2f} {tps2:9.0f} {s1 / s2:7.2f} {miss_s:7.2f} {hit_s:6.2f} {os.getloadavg()[0]:5.2f}")
+        (s1, tps1), (s1_core, _), (s2, tps2) = row
+        line = (f"{name:12s} {report.read:7d} {report.train_samples:7d} {report.total_tokens:9d} {s1:7.2f} "
+                f"{s1_core:7.2f} {tps1:9.0f} {s2:7.2f} {tps2:9.0f} {s1 / s2:7.2f} {s1_core / s2:7.2f} {miss_s:7.2f} "
+                f"{hit_s:6.2f} {os.getloadavg()[0]:5.2f}")
         print(line, flush=True)
         lines.append(line)
 
@@ -136,7 +148,9 @@ def main() -> None:
                 lines.append(line)
     footer = [
         "",
-        "np=N s: the whole pipeline (cache off), best of 2, with N encoding processes. np2/np1: the speed-up.",
+        "np=N s: the whole pipeline (cache off), best of 2, with N encoding processes; np=1 tokenises each batch on",
+        "the tokenizer's own threads (both cores), '1 core' is np=1 with TOKENIZERS_PARALLELISM=false. np2/np1 and",
+        "/1 core: the speed-up of 2 processes over each.",
         "miss s: process + write the cache; hit s: map the cache (includes hashing inputs and tokenizer for the key).",
         "At max_length 1024 with split, the 160-round conversations make several samples each (more tokens encoded",
         "than the conversation holds: each sample repeats the earlier rounds that fit as context).",
