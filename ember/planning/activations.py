@@ -14,6 +14,7 @@ rules against the tensors autograd really saves (`torch.autograd.graph.saved_ten
   and the rank-r output of `lora_A`. A 4-bit (QLoRA) matmul keeps nothing: bitsandbytes recomputes the weight.
 - sdpa keeps q, k, v, its output and a per-head log-sum-exp. With a mask (padded rows, or several packed samples)
   transformers repeats k and v to every head, and each layer converts the boolean mask to a float one it keeps.
+  Packed samples that attend one at a time (Ember's padding-free batches on SDPA models) need no mask.
 - Eager attention keeps the attention probabilities (fp32 softmax, plus the cast when computing in half).
 - Ember computes logits only at trained positions (`logits_to_keep`) and the loss upcasts them to fp32:
   log-softmax keeps its fp32 output, and its backward holds two more fp32 tensors of that size (12 bytes each).
@@ -35,6 +36,7 @@ class Batch:
     samples: int
     length: int
     packed: bool
+    segmented: bool = False  # packed samples attend one at a time (no block mask): see ModelShape.segments
 
     @property
     def rows(self) -> int:
@@ -56,8 +58,9 @@ class Batch:
 
     @property
     def mask_elements(self) -> int:
-        """A padded batch of several rows carries a padding mask; a packed row of several samples a block mask."""
-        if self.samples < 2:
+        """A padded batch of several rows carries a padding mask; a packed row of several samples a block mask,
+        unless its samples attend one at a time."""
+        if self.samples < 2 or (self.packed and self.segmented):
             return 0
         return self.rows * self.row_len * self.row_len
 
@@ -207,7 +210,12 @@ def _attention(led: _Ledger, shape: ModelShape, batch: Batch, prec: Precision) -
     masked = shape.attention == "sdpa" and batch.mask_elements > 0
     kv = q if masked else shape.kv_heads * d
     led.new("attention q/k/v", c * T * (q + 2 * kv))
-    led.keep("attn_out", "attention outputs", c * T * q)
+    if batch.packed and batch.segmented and batch.samples > 1:
+        # Each sample's SDPA keeps its own output; the row the output projection reads is their concatenation, a
+        # tensor of its own (kept when that projection needs its input).
+        led.new("attention outputs", c * T * q)
+    else:
+        led.keep("attn_out", "attention outputs", c * T * q)
     led.new("attention log-sum-exp", 4 * T * shape.heads)
     if masked:
         led.new("attention masks (per layer)", c * batch.mask_elements)

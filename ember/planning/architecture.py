@@ -74,6 +74,9 @@ class ModelShape:
     largest_trainable_tensor: int  # elements of the biggest trainable parameter
     attention: str  # sdpa | eager | flash
     notes: tuple[str, ...] = ()
+    # Packed rows attend sample by sample, without a block mask (ember.models.segment_attention), as `ember train`
+    # runs an SDPA model through transformers' attention interface.
+    segments: bool = False
 
     @property
     def total_params(self) -> int:
@@ -189,6 +192,7 @@ def _quantized_weights(model) -> set[int]:
 def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
     """Everything the planner needs to know about the tuned model, read off the meta model."""
     from ember.models.adapters import decoder_stack
+    from ember.models.segment_attention import supports_segments
 
     model, quantized = build_meta_model(cfg, gpu)
     config = model.config
@@ -240,6 +244,7 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
         largest_trainable_tensor=max((p.numel() for p in model.parameters() if p.requires_grad), default=0),
         attention="flash" if "flash" in (cfg.model.attn_implementation or "") else _attention_kind(config),
         notes=tuple(notes),
+        segments="flash" not in (cfg.model.attn_implementation or "") and supports_segments(base),
     )
 
 

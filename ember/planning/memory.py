@@ -132,9 +132,21 @@ def precision(cfg: EmberConfig, shape: ModelShape, target: Target, zero: Optiona
                      adapter_bytes=shape.adapter_bytes, cuda=target.gpu)
 
 
+def packs(cfg: EmberConfig, shape: ModelShape) -> bool:
+    """Whether `ember train` packs this run's micro-batches: `data.packing`, and for null what the run decides
+    (ember.training.run._packing): the stage allows it and the model attends sample by sample."""
+    if cfg.data.packing is not None:
+        return cfg.data.packing
+    from ember.training.stages import STAGES
+
+    stage = STAGES.get(cfg.stage)
+    return stage is not None and stage.packs_by_default() and shape.segments
+
+
 def estimate_memory(cfg: EmberConfig, shape: ModelShape, target: Target, zero: Optional[ZeRO]) -> Memory:
     t = cfg.train
-    batch = Batch(t.per_device_train_batch_size, cfg.data.max_length, bool(cfg.data.packing))
+    packed = packs(cfg, shape)
+    batch = Batch(t.per_device_train_batch_size, cfg.data.max_length, packed, segmented=packed and shape.segments)
     prec = precision(cfg, shape, target, zero)
     act = estimate(shape, batch, prec, t.gradient_checkpointing)
     notes = list(shape.notes)

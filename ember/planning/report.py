@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ember.planning.memory import GIB
+from ember.planning.memory import GIB, packs
 from ember.planning.plan import GPU_ALLOCATOR_HEADROOM, Plan
 
 PARTS = {
@@ -69,7 +69,7 @@ def render(plan: Plan, config_path: str = "CFG") -> str:
         f"  params     {s.total_params:,} total, {s.trainable_params:,} trainable",
         f"  precision  {plan.precision}",
         f"  tokens     {plan.cfg.train.per_device_train_batch_size} × {plan.cfg.data.max_length} per micro-batch"
-        f"{' (packed)' if plan.cfg.data.packing else ''}, {plan.tokens_per_step:,} per optimizer step "
+        f"{' (packed)' if packs(plan.cfg, plan.shape) else ''}, {plan.tokens_per_step:,} per optimizer step "
         f"(× {plan.cfg.train.gradient_accumulation_steps} accumulation × {plan.target.devices} device(s)), at most",
         f"  peak       {gib(mem.peak)} ({measure(plan)}), at the "
         f"{'start of backward' if mem.phase == 'backward' else 'optimizer step'}; the "

@@ -8,7 +8,7 @@ import pytest
 from ember.core.hardware import bf16_supported
 from ember.planning.activations import Batch, estimate
 from ember.planning.architecture import describe
-from ember.planning.memory import Target, precision
+from ember.planning.memory import Target, packs, precision
 from tests.planning.test_counts import real_model
 from tests.planning.tracing import batch_inputs, saved_bytes
 
@@ -19,7 +19,9 @@ CASES = {
     "lora": (),
     "lora-dropout": ("method.dropout=0.1",),
     "lora-layers": ("method.lora_layers=1",),
-    "lora-packed": ("data.packing=true",),
+    "lora-packed": ("data.packing=true",),  # the default (packing null) packs too: samples attend one at a time
+    "lora-padded": ("data.packing=false",),
+    "full-padded": ("method.type=full", "data.packing=false"),
     "lora-bf16-weights": ("model.dtype=bfloat16",),
     "lora-modules-to-save": ("method.modules_to_save=[embed_tokens,lm_head]",),
     "full": ("method.type=full",),
@@ -33,6 +35,7 @@ AUTOCAST = {
     "lora-autocast": ("train.bf16=true",),
     "lora-autocast-dropout": ("train.bf16=true", "method.dropout=0.1"),
     "lora-autocast-packed": ("train.bf16=true", "data.packing=true"),
+    "lora-autocast-padded": ("train.bf16=true", "data.packing=false"),
     "lora-bf16-weights-autocast": ("train.bf16=true", "model.dtype=bfloat16"),
     "full-autocast": ("train.bf16=true", "method.type=full"),
     "freeze-autocast": ("train.bf16=true", "method.type=freeze", "method.trainable_layers=1"),
@@ -43,7 +46,8 @@ def check(cfg) -> tuple[int, int]:
     """(traced, predicted) bytes for the planner's worst-case micro-batch of `cfg`."""
     shape = describe(cfg, gpu=False)
     prec = precision(cfg, shape, CPU, None)
-    batch = Batch(cfg.train.per_device_train_batch_size, cfg.data.max_length, cfg.data.packing)
+    packed = packs(cfg, shape)
+    batch = Batch(cfg.train.per_device_train_batch_size, cfg.data.max_length, packed, packed and shape.segments)
     model = real_model(cfg).train()
     inputs = batch_inputs(batch.samples, batch.length, batch.packed, shape.vocab, pad_last=3)
     traced = saved_bytes(model, inputs, prec.autocast)

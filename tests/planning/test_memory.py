@@ -7,6 +7,7 @@ import pytest
 
 from ember.planning import Target, ZeRO, plan
 from ember.planning.memory import CUDA_CONTEXT, GIB, read_zero
+from ember.planning.report import render
 
 BASE = 2 * 320 * 64 + 2 * (4096 + 2048 + 2048 + 4096 + 3 * 8192 + 2 * 64) + 64  # embeddings, head, layers, norm
 LORA = 2 * 4 * (64 + 64 + 96 + 96 + 128 + 192 * 3)  # r4: q, o (64+64), k, v (64+32), gate, up, down (64+128)
@@ -21,7 +22,7 @@ def test_counts_by_hand(tiny_cfg):
 
 def test_lora_on_a_gpu_part_by_part(tiny_cfg):
     """bf16 weights (`auto` on a GPU), fp32 LoRA, bf16 autocast (train.bf16 unset), 2 padded rows of 16 tokens."""
-    result = plan(tiny_cfg("model.dtype=auto", "train.bf16=null"), GPU)
+    result = plan(tiny_cfg("model.dtype=auto", "train.bf16=null", "data.packing=false"), GPU)
     T = 32  # tokens; 30 of them have logits (each row's first token is never a target)
     layer1 = (4 * T * 64 + 4 * T  # input norm: fp32 copy of the bf16 input, rsqrt
               + 3 * 2 * T * 64 + 3 * 2 * 4 * T  # q, k, v LoRA: bf16 copy of the input each, lora_A output
@@ -50,6 +51,19 @@ def test_lora_on_a_gpu_part_by_part(tiny_cfg):
     assert result.memory.phases == {"backward": sum(result.memory.parts.values()), "optimizer_step": step}
     assert result.memory.peak == sum(result.memory.parts.values())
     assert (result.tokens_per_micro_batch, result.tokens_per_step) == (32, 32)
+
+
+def test_the_default_packs_a_row_whose_samples_attend_one_at_a_time(tiny_cfg):
+    """data.packing null plans what `ember train` runs on an SDPA model: the 2 samples in one row, each attending
+    to itself (ember.models.segment_attention): no mask, k and v at their own 2 heads; the rotary table spans the
+    row, and the loss keeps one row's positions."""
+    padded = plan(tiny_cfg("model.dtype=auto", "train.bf16=null", "data.packing=false"), GPU).memory.parts
+    default = plan(tiny_cfg("model.dtype=auto", "train.bf16=null"), GPU)
+    T = 32
+    per_layer = 2 * T * (2 * 64 - 2 * 32) + 2 * (2 * 16 * 16)  # k, v repeated to 4 heads; the padding mask
+    top = 2 * 2 * (32 - 16) * 16 + 8 * (30 - 15)  # rotary cos/sin over 32 positions, not 16; targets' positions
+    assert default.memory.parts == {**padded, "activations": padded["activations"] - 2 * per_layer + top}
+    assert default.shape.segments and "(packed)" in render(default)
 
 
 def test_accumulation_ddp_and_optimizers(tiny_cfg):

@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from ember.data.render import IGNORE_INDEX
+from ember.models.segment_attention import segment_attention
 from ember.training.losses import causal_lm_loss, trained_positions
 
 
@@ -29,7 +30,8 @@ def batch_inputs(samples: int, length: int, packed: bool, vocab: int, pad_last: 
 
 def saved_bytes(model, inputs: dict[str, torch.Tensor], autocast: bool) -> int:
     """Bytes of the distinct tensors (by storage) that autograd saves during the forward and the loss, parameters
-    excluded: what the planner's `saved + autocast_copies` plus the loss's saved log-softmax must equal."""
+    excluded: what the planner's `saved + autocast_copies` plus the loss's saved log-softmax must equal. A packed
+    row runs as `ember train` runs it: sample by sample where the model can (ember.models.segment_attention)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -43,7 +45,9 @@ def saved_bytes(model, inputs: dict[str, torch.Tensor], autocast: bool) -> int:
     labels = inputs.pop("labels")
     positions = trained_positions(labels)
     context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), context:
+    packed = "position_ids" in inputs
+    segments = segment_attention(model) if packed else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), context, segments:
         out = model(**inputs, logits_to_keep=positions, use_cache=False)
         loss = causal_lm_loss(out.logits, labels, positions=positions)
     assert loss.requires_grad
