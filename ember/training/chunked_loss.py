@@ -31,18 +31,23 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.size(0), chunk):
             h = hidden[start:start + chunk].to(dtype)
             t, s = targets[start:start + chunk], scale[start:start + chunk]
-            # log-sum-exp by hand: torch.logsumexp makes five passes over the chunk on a CPU, this makes four and
-            # leaves the softmax numerators in place for the gradient
-            logits = (h @ w.T).to(softmax_dtype)
-            logits -= logits.amax(dim=-1, keepdim=True)
+            rows = torch.arange(t.numel(), device=t.device)
+            # log-sum-exp by hand, each pass over the chunk doing as much as it can (torch.logsumexp makes five
+            # passes on a CPU): the max of the logits as computed, their upcast and shift in one pass, the softmax
+            # numerators left in place for the gradient
+            raw = h @ w.T
+            logits = torch.sub(raw, raw.amax(dim=-1, keepdim=True).to(softmax_dtype))  # a softmax_dtype result
+            del raw
             picked = logits.gather(1, t[:, None]).squeeze(1)
             numerators = logits.exp_()
             sums = numerators.sum(dim=-1)
             total += ((sums.log() - picked) * s).sum()
-            # d loss / d logits = (softmax - one_hot) * scale
-            grad = numerators.mul_((s / sums)[:, None])
-            grad[torch.arange(t.numel(), device=t.device), t] -= s
-            grad = grad.to(dtype)
+            # d loss / d logits = (softmax - one_hot) * scale, computed in softmax_dtype and rounded once to `dtype`
+            factor = (s / sums)[:, None]
+            at_targets = numerators[rows, t] * factor[:, 0] - s
+            grad = torch.mul(numerators, factor, out=torch.empty(numerators.shape, dtype=dtype, device=h.device))
+            grad[rows, t] = at_targets.to(dtype)
+            del numerators
             if grad_hidden is not None:
                 grad_hidden[start:start + chunk] = grad @ w
             if grad_weight is not None:

@@ -18,7 +18,7 @@ from ember.errors import TrainingStopped
 from ember.models.forward import accepts_logits_to_keep
 from ember.training import checkpoints
 from ember.training.guard import DivergenceGuard
-from ember.training.chunked_loss import linear_cross_entropy, trained_rows
+from ember.training.chunked_loss import CHUNK_ELEMENTS, linear_cross_entropy, trained_rows
 from ember.training.losses import causal_lm_loss, trained_positions
 
 
@@ -45,6 +45,7 @@ class EmberTrainer(Trainer):
         # has shown that they are the output embedding applied to the last hidden state: None = not yet known.
         self._chunked: Optional[bool] = None
         self._projection: Optional[torch.nn.Linear] = None
+        self._frozen_cast: Optional[tuple[tuple, torch.Tensor]] = None  # (what it was cast from, the cast weight)
         self._step_mode = "logits"
         self._tokens_seen = 0
         self._clock: Optional[tuple[float, int]] = None
@@ -56,7 +57,7 @@ class EmberTrainer(Trainer):
             self._chunked = self._logits_are_projected(outputs["hidden_states"][-1], logits)
         if self._step_mode == "chunked" or (self._step_mode == "verify" and self._chunked):
             rows, targets, scale = trained_rows(outputs["hidden_states"][-1], labels, self._weights, num_items_in_batch)
-            return linear_cross_entropy(rows, self._projection.weight, targets, scale, self._projection_dtype())
+            return linear_cross_entropy(rows, self._projection_weight(), targets, scale, self._projection_dtype())
         return self._loss_fn(logits, labels, self._weights, num_items_in_batch, positions=self._positions)
 
     def _accepts_logits_to_keep(self, model) -> bool:
@@ -80,6 +81,18 @@ class EmberTrainer(Trainer):
             self._projection = projection
         return True
 
+    def _projection_weight(self) -> torch.Tensor:
+        """The output embedding as the chunked loss reads it. A frozen one (LoRA: tied to the input embedding,
+        which stays fp32 under autocast) is cast to the projection's dtype once, not at every step: the same
+        numbers as the cast the loss would make, without a vocabulary-sized copy per step."""
+        weight, dtype = self._projection.weight, self._projection_dtype()
+        if weight.requires_grad or weight.dtype == dtype:
+            return weight
+        source = (weight.data_ptr(), tuple(weight.shape), weight.dtype, dtype)  # a frozen weight never changes
+        if self._frozen_cast is None or self._frozen_cast[0] != source:
+            self._frozen_cast = (source, weight.detach().to(dtype))
+        return self._frozen_cast[1]
+
     def _projection_dtype(self) -> torch.dtype:
         """The dtype the model's vocabulary projection computes in: autocast's under mixed precision (accelerate
         hands the logits back in fp32 whatever they were computed in), else the weight's."""
@@ -91,8 +104,13 @@ class EmberTrainer(Trainer):
         """The first step's check: the model's logits equal the output embedding applied to its last hidden state,
         in the logits' dtype (a final soft-cap or logit scale, as some families have, fails it)."""
         dtype = self._projection_dtype()
-        mine = hidden[:, self._positions].to(dtype) @ self._projection.weight.to(dtype).T
-        return bool(torch.allclose(mine.float(), logits.float(), rtol=1e-2, atol=1e-2))
+        weight = self._projection_weight().to(dtype)
+        rows = hidden[:, self._positions].reshape(-1, hidden.size(-1))
+        logits = logits.reshape(rows.size(0), -1)
+        # a chunk of rows at a time: compared whole, the check's temporaries took several times the logits' memory
+        step = max(1, CHUNK_ELEMENTS // max(1, logits.size(-1)))
+        return all(torch.allclose((rows[i:i + step].to(dtype) @ weight.T).float(), logits[i:i + step].float(),
+                                  rtol=1e-2, atol=1e-2) for i in range(0, rows.size(0), step))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._weights = inputs.pop("loss_weights", None)

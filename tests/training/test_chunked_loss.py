@@ -78,6 +78,38 @@ def test_logits_that_are_not_the_projection_keep_the_plain_path():
         assert not trainer._logits_are_projected(hidden, logits * 0.5)  # a logit scale
 
 
+def test_the_check_goes_a_chunk_of_rows_at_a_time_and_sees_the_last_one(monkeypatch):
+    from ember.training import trainer as trainer_module
+    from ember.training.trainer import EmberTrainer
+
+    torch.manual_seed(3)
+    projection = torch.nn.Linear(8, 30, bias=False).requires_grad_(False)
+    hidden = torch.randn(2, 7, 8) * 8
+    trainer = EmberTrainer.__new__(EmberTrainer)
+    trainer._projection, trainer._positions, trainer._frozen_cast = projection, torch.tensor([1, 2, 4, 6]), None
+    trainer.accelerator = SimpleNamespace(mixed_precision="no")
+    monkeypatch.setattr(trainer_module, "CHUNK_ELEMENTS", 60)  # 2 rows of 30 logits per chunk: 4 chunks
+    with torch.no_grad():
+        logits = projection(hidden[:, trainer._positions])
+        assert trainer._logits_are_projected(hidden, logits)
+        logits[1, 3] *= 0.5  # the last row of the last chunk
+        assert not trainer._logits_are_projected(hidden, logits)
+
+
+def test_a_frozen_output_embedding_is_cast_once_per_run():
+    from ember.training.trainer import EmberTrainer
+
+    projection = torch.nn.Linear(8, 30, bias=False).requires_grad_(False)
+    trainer = EmberTrainer.__new__(EmberTrainer)
+    trainer._projection, trainer._frozen_cast = projection, None
+    trainer.accelerator = SimpleNamespace(mixed_precision="bf16")
+    first = trainer._projection_weight()
+    assert first.dtype == torch.bfloat16 and torch.equal(first, projection.weight.to(torch.bfloat16))
+    assert trainer._projection_weight() is first  # not cast again
+    projection.weight.requires_grad_(True)  # a trained one is read as it is, every step
+    assert trainer._projection_weight() is projection.weight
+
+
 def test_a_training_run_uses_the_chunked_loss(tiny_run_config, monkeypatch):
     from ember.training import trainer as trainer_module
     from ember.training.run import train
