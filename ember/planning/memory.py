@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from ember.config.schema import EmberConfig
+from ember.config.validate import PREFERENCE_STAGES
 from ember.errors import ConfigError
 from ember.planning.activations import Activations, Batch, Precision, estimate
 from ember.planning.architecture import ModelShape
@@ -134,13 +135,12 @@ def precision(cfg: EmberConfig, shape: ModelShape, target: Target, zero: Optiona
 
 def packs(cfg: EmberConfig, shape: ModelShape) -> bool:
     """Whether `ember train` packs this run's micro-batches: `data.packing`, and for null what the run decides
-    (ember.training.run._packing): the stage allows it and the model attends sample by sample."""
+    (ember.training.run._packing): the stage allows it (every stage but the preference ones, whose
+    `Stage.packs_by_default` says no; image batches are padded, and an image-text model has no `segments`) and the
+    model attends sample by sample."""
     if cfg.data.packing is not None:
         return cfg.data.packing
-    from ember.training.stages import STAGES
-
-    stage = STAGES.get(cfg.stage)
-    return stage is not None and stage.packs_by_default() and shape.segments
+    return cfg.stage not in PREFERENCE_STAGES and shape.segments
 
 
 def estimate_memory(cfg: EmberConfig, shape: ModelShape, target: Target, zero: Optional[ZeRO]) -> Memory:

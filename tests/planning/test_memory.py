@@ -66,6 +66,14 @@ def test_the_default_packs_a_row_whose_samples_attend_one_at_a_time(tiny_cfg):
     assert default.shape.segments and "(packed)" in render(default)
 
 
+def test_the_planner_packs_the_stages_that_training_packs_by_default():
+    from ember.config.validate import PREFERENCE_STAGES
+    from ember.training.stages import STAGES
+
+    # ember.planning.memory.packs cannot import the training stages (a higher layer): it names the preference stages
+    assert {name for name, stage in STAGES.items() if not stage.packs_by_default()} == set(PREFERENCE_STAGES)
+
+
 def test_accumulation_ddp_and_optimizers(tiny_cfg):
     base = plan(tiny_cfg("model.dtype=auto"), GPU).memory.parts
     accumulating = plan(tiny_cfg("model.dtype=auto", "train.gradient_accumulation_steps=4"), GPU)
