@@ -396,8 +396,15 @@ def tokenize_batch(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], Seq
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        # transformers leaves this flag as its last call set it (`split_special_tokens=True` for protected text)
+        # transformers leaves the backend as its last call set it: this flag (`split_special_tokens=True` for
+        # protected text), and the truncation and padding of a call that asked for them, which it turns off again
+        # only at the start of its next call. Unreset, a tokenizer once called with `truncation=True, max_length=3`
+        # would cut every conversation here to 3 tokens.
         backend.encode_special_tokens = getattr(tokenizer, "split_special_tokens", False)
+        if backend.truncation is not None:
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
         return [(e.ids, EncodingOffsets(e)) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
     batch = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(batch["input_ids"], batch["offset_mapping"], strict=True)]

@@ -196,3 +196,14 @@ def test_template_that_fails_to_render_is_named(tmp_path, tokenizer_copy):
     path.write_text("{{ raise_exception('tools are not supported') }}", encoding="utf-8")
     with pytest.raises(TemplateError, match=r"^chat template 'strict' failed to render: .*tools are not supported"):
         build_renderer(str(path), tokenizer_copy).encode(conversation())
+
+
+@pytest.mark.parametrize("call", [{"truncation": True, "max_length": 3}, {"padding": "max_length", "max_length": 64}])
+def test_a_tokenizer_called_with_truncation_or_padding_before_encodes_conversations_whole(tokenizer_copy, renderer,
+                                                                                          call):
+    # transformers leaves its backend truncating (or padding) after such a call until its own next call
+    conv = conversation()
+    expected = renderer.encode(conv)
+    tokenizer_copy("a prompt of several tokens, said once", **call)
+    used = Renderer(tokenizer_copy).encode(conv)
+    assert (used.input_ids, used.labels) == (expected.input_ids, expected.labels)
