@@ -36,9 +36,7 @@ class EncodingOffsets(Sequence):
     def __len__(self) -> int:
         return self._length
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._length))]
+    def __getitem__(self, index: int) -> Span:
         if index < 0:
             index += self._length
         if not 0 <= index < self._length:

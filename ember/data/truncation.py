@@ -25,6 +25,7 @@ from typing import Optional
 
 from ember.data.conversation import Conversation, Message
 from ember.data.render import IGNORE_INDEX, Encoded, Renderer, tokenize_batch
+from ember.data.tokenize import first_token_from
 
 # Reasons an answer token is not trained; the data report counts lost tokens by these names.
 LOST_ROUNDS = "rounds dropped (truncation: turns)"
@@ -271,15 +272,15 @@ class _Rounds:
         if text != full[:system_chars] + full[begin_char:at] + kept + full[stop:end_char]:
             return None
         # The last such token ending at or before the question, and the first starting at or after its end.
-        left = next((t for t in range(bisect.bisect_left(offsets, at, lo=begin, hi=end, key=_start) - 1, begin - 1, -1)
-                     if enc.input_ids[t] in hard and offsets[t][1] <= at), None)
-        right = next((t for t in range(bisect.bisect_left(offsets, stop, lo=begin, hi=end, key=_start), end)
-                      if enc.input_ids[t] in hard), None)
+        from_at, from_stop = (min(max(first_token_from(offsets, c), begin), end) for c in (at, stop))
+        left = next((t for t in range(from_at - 1, begin - 1, -1) if enc.input_ids[t] in hard and offsets[t][1] <= at),
+                    None)
+        right = next((t for t in range(from_stop, end) if enc.input_ids[t] in hard), None)
         if left is None or right is None:
             return None
         between = full[offsets[left][1]:at] + kept + full[stop:offsets[right][0]]
         question_ids = tokenize_batch(self.renderer.tokenizer, [between])[0][0] if between else []
-        return left + 1 - begin, right - begin, list(question_ids)
+        return left + 1 - begin, right - begin, question_ids
 
     def fits(self, enc: Encoded) -> bool:
         return len(enc.input_ids) <= self.max_length
@@ -418,16 +419,12 @@ class _Rounds:
             _, offsets = tokenize_batch(self.renderer.tokenizer, [question])[0]
             at = 0
         assert offsets is not None
-        end = bisect.bisect_left(offsets, at + len(question), key=_start)
+        end = first_token_from(offsets, at + len(question))
         return lambda k: end - bisect.bisect_right(offsets, at + k, key=_end)
 
     @staticmethod
     def _answer_start(enc: Encoded) -> int:
         return min((first for _, first, _ in enc.answers or []), default=len(enc.input_ids))
-
-
-def _start(offset: tuple[int, int]) -> int:
-    return offset[0]
 
 
 def _end(offset: tuple[int, int]) -> int:

@@ -36,7 +36,7 @@ class Batch:
     samples: int
     length: int
     packed: bool
-    segmented: bool = False  # packed samples attend one at a time (no block mask): see ModelShape.segments
+    segmented: bool = False  # packed, and its samples attend one at a time (no block mask): ModelShape.segments
 
     @property
     def rows(self) -> int:
@@ -60,7 +60,7 @@ class Batch:
     def mask_elements(self) -> int:
         """A padded batch of several rows carries a padding mask; a packed row of several samples a block mask,
         unless its samples attend one at a time."""
-        if self.samples < 2 or (self.packed and self.segmented):
+        if self.samples < 2 or self.segmented:
             return 0
         return self.rows * self.row_len * self.row_len
 
@@ -210,7 +210,7 @@ def _attention(led: _Ledger, shape: ModelShape, batch: Batch, prec: Precision) -
     masked = shape.attention == "sdpa" and batch.mask_elements > 0
     kv = q if masked else shape.kv_heads * d
     led.new("attention q/k/v", c * T * (q + 2 * kv))
-    if batch.packed and batch.segmented and batch.samples > 1:
+    if batch.segmented and batch.samples > 1:
         # Each sample's SDPA keeps its own output; the row the output projection reads is their concatenation, a
         # tensor of its own (kept when that projection needs its input).
         led.new("attention outputs", c * T * q)
