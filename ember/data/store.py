@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, Optional, TypeVar
 
+import numpy as np
 import pyarrow as pa
 
 from ember.data.conversation import Conversation, Message
@@ -95,7 +96,7 @@ class ArrowWriter:
     def flush(self) -> None:
         if self._rows:
             # Column by column: several times faster than from_pylist for long lists of token ids.
-            arrays = [pa.array([row[f.name] for row in self._rows], type=f.type) for f in self.schema]
+            arrays = [_column([row[f.name] for row in self._rows], f.type) for f in self.schema]
             self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
             self.count += len(self._rows)
             self._rows = []
@@ -110,6 +111,22 @@ class ArrowWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_FLAT_LISTS = {pa.list_(pa.int32()): np.int32, pa.list_(pa.float32()): np.float32}
+
+
+def _column(values: list, type_: pa.DataType) -> pa.Array:
+    """One column of a batch. Lists of numbers without nulls (token ids, labels) are built from one flat numpy array and
+    their offsets: a third quicker than converting each Python list, and these columns are most of what is written."""
+    dtype = _FLAT_LISTS.get(type_)
+    if dtype is None or any(v is None for v in values):
+        return pa.array(values, type=type_)
+    offsets = np.fromiter(itertools.accumulate(map(len, values), initial=0), dtype=np.int64, count=len(values) + 1)
+    if offsets[-1] > np.iinfo(np.int32).max:  # a list array's offsets are int32
+        return pa.array(values, type=type_)
+    flat = np.fromiter(itertools.chain.from_iterable(values), dtype=dtype, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat), type=type_)
 
 
 def take_rows(table: pa.Table, rows: Sequence[int],

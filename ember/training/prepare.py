@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ember.config.schema import EmberConfig
+from ember.core.heap import frozen_heap
 from ember.errors import ConfigError, DataError
 from ember.data.cache import load_or_process
 from ember.data.pipeline import ProcessedData
@@ -50,6 +51,11 @@ def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True,
                  report_path: Optional[Path] = None) -> PreparedData:
     """The exact samples of a run (see `ember.prepare_data`). When nothing is left to train, the data report is
     written to `report_path` (if given) before the DataError is raised, so every skipped record stays listed."""
+    with frozen_heap():
+        return _prepare_data(cfg, tokenizer, progress, report_path)
+
+
+def _prepare_data(cfg: EmberConfig, tokenizer, progress: bool, report_path: Optional[Path]) -> PreparedData:
     from ember.models.loading import load_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)

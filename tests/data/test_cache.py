@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 RECORDS = [
@@ -55,6 +57,7 @@ def test_worker_processes_give_the_same_samples(write, make_config, prepare):
     assert _samples(two) == _samples(one)
     assert two.data.report.to_dict() == one.data.report.to_dict()
     assert one.data.report.dropped_too_long > 0 and one.data.report.truncated > 0
+    assert gc.get_freeze_count() == 0  # the workers forked from a frozen heap (ember.core.heap); it is given back
 
 
 def test_changed_file_contents_miss(cached, prepare, write):

@@ -7,6 +7,7 @@ import copy
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from ember.data.conversation import Conversation, Message
@@ -361,6 +362,25 @@ def test_rows_are_taken_batch_by_batch_in_the_order_asked(tmp_path):
     rows = [49, 0, 13, 7, 6, 13, 48, 21]
     assert take_rows(table, rows) == table.take(rows).to_pylist()
     assert [r["n"] for r in take_rows(table, rows)] == rows
+
+
+def test_sample_rows_read_back_exactly_as_written(tmp_path):
+    """Token-id, label and weight lists are written through one flat array per batch: the rows read back equal."""
+    from ember.data.store import SAMPLE_SCHEMA, ArrowWriter, read_table
+
+    rows = [{"source": f"f.jsonl:{n}", "input_ids": list(range(n, 3 * n)), "labels": [IGNORE_INDEX] * n + list(range(n)),
+             "weights": None if n % 2 else [0.1 * k for k in range(2 * n)], "length": 2 * n, "trained": n,
+             "turns_dropped": 0, "truncated": n == 3} for n in range(6)]
+    rows[4]["input_ids"] = []
+    with ArrowWriter(tmp_path / "s.arrow", SAMPLE_SCHEMA, batch_rows=4) as writer:  # a batch with nulls, one without
+        for row in rows:
+            writer.write(row)
+    back = read_table([tmp_path / "s.arrow"], SAMPLE_SCHEMA).to_pylist()
+    as_float32 = lambda ws: None if ws is None else [float(pa.array([w], pa.float32())[0].as_py()) for w in ws]  # noqa: E731
+    assert [{**r, "weights": as_float32(r["weights"])} for r in rows] == back
+    with pytest.raises(OverflowError):
+        with ArrowWriter(tmp_path / "big.arrow", SAMPLE_SCHEMA) as writer:
+            writer.write({**rows[1], "input_ids": [2 ** 31]})
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from /proc (Linux)")
