@@ -14,7 +14,8 @@ rules against the tensors autograd really saves (`torch.autograd.graph.saved_ten
   and the rank-r output of `lora_A`. A 4-bit (QLoRA) matmul keeps nothing: bitsandbytes recomputes the weight.
 - sdpa keeps q, k, v, its output and a per-head log-sum-exp. With a mask (padded rows, or several packed samples)
   transformers repeats k and v to every head, and each layer converts the boolean mask to a float one it keeps.
-  Packed samples that attend one at a time (Ember's padding-free batches on SDPA models) need no mask.
+  Packed samples that attend one at a time (Ember's padding-free batches on SDPA models) need no mask; on a CPU
+  they attend in fp32.
 - Eager attention keeps the attention probabilities (fp32 softmax, plus the cast when computing in half).
 - Ember computes logits only at trained positions (`logits_to_keep`) and the loss upcasts them to fp32:
   log-softmax keeps its fp32 output, and its backward holds two more fp32 tensors of that size (12 bytes each).
@@ -143,9 +144,8 @@ def _layer(shape: ModelShape, layer: Layer, batch: Batch, prec: Precision, first
     x_rg = not first
     y1_rg = _norm(led, "x_in", x_rg, layer.norm_trainable, T, h, r)
     attn_rg = any([_linear(led, lin, "y1", r, y1_rg, T, prec) for lin in by_role["attn_in"]]) or y1_rg
-    if attn_rg:
-        _attention(led, shape, batch, prec)
-    out_rg = any([_linear(led, lin, "attn_out", c, attn_rg, T, prec) for lin in by_role["attn_out"]]) or attn_rg
+    out_bytes = _attention(led, shape, batch, prec) if attn_rg else c
+    out_rg = any([_linear(led, lin, "attn_out", out_bytes, attn_rg, T, prec) for lin in by_role["attn_out"]]) or attn_rg
     y2_rg = _norm(led, "x_mid", out_rg, layer.norm_trainable, T, h, r)
     mlp_rg = any([_linear(led, lin, "y2", r, y2_rg, T, prec) for lin in by_role["mlp_in"]]) or y2_rg
     down = by_role["mlp_out"]
@@ -199,14 +199,27 @@ def _linear(led: _Ledger, lin: Linear, x_key: str, x_bytes: int, x_rg: bool, T: 
     return x_rg or trains_base or bool(lin.lora_rank)
 
 
-def _attention(led: _Ledger, shape: ModelShape, batch: Batch, prec: Precision) -> None:
+def _attention(led: _Ledger, shape: ModelShape, batch: Batch, prec: Precision) -> int:
+    """Returns the bytes per element of the output projection's input."""
     T, c, d = batch.tokens, prec.compute_bytes, shape.head_dim
     q = shape.heads * d
     if shape.attention == "eager":
         led.new("attention q/k/v", 3 * c * T * q)  # k and v repeated to every head
         scores = batch.rows * shape.heads * batch.row_len * batch.row_len
         led.new("attention probabilities", (4 if c == 4 else 4 + c) * scores)
-        return  # o_proj's input is a separate copy, kept by o_proj if needed
+        return c  # o_proj's input is a separate copy, kept by o_proj if needed
+    if batch.segmented and not prec.cuda and c < 4:
+        # Ember's per-sample attention runs in fp32 on a CPU (ember.models.segment_attention): q, k and v upcast,
+        # fp32 outputs, cast back to the dtype q came in (the rotary embedding promotes it to the residual stream's).
+        # Where that is fp32 and there is one sample, o_proj reads SDPA's own output.
+        led.new("attention q/k/v", 4 * T * (q + 2 * shape.kv_heads * d))
+        out_bytes = max(c, prec.residual_bytes)
+        if batch.samples > 1 or out_bytes != 4:
+            led.new("attention outputs", 4 * T * q)
+        else:
+            led.keep("attn_out", "attention outputs", 4 * T * q)
+        led.new("attention log-sum-exp", 4 * T * shape.heads)
+        return out_bytes
     masked = shape.attention == "sdpa" and batch.mask_elements > 0
     kv = q if masked else shape.kv_heads * d
     led.new("attention q/k/v", c * T * (q + 2 * kv))
@@ -219,6 +232,7 @@ def _attention(led: _Ledger, shape: ModelShape, batch: Batch, prec: Precision) -
     led.new("attention log-sum-exp", 4 * T * shape.heads)
     if masked:
         led.new("attention masks (per layer)", c * batch.mask_elements)
+    return c
 
 
 def _model_level(shape: ModelShape, batch: Batch, prec: Precision, region: bool) -> _Ledger:

@@ -75,3 +75,39 @@ def test_segment_attention_refuses_a_row_it_cannot_split():
         segment_sdpa(torch.nn.Module(), q, q, q, None)
     with pytest.raises(RuntimeError, match="a mask"):
         segment_sdpa(torch.nn.Module(), q, q, q, torch.ones(1, 1, 6, 6), position_ids=torch.arange(6)[None])
+
+
+def test_on_a_cpu_segment_attention_attends_in_float32_under_bf16_autocast():
+    """Each sample's attention is float32 SDPA of the inputs as they came (autocast would have run it in bf16), the
+    output cast back to the query's dtype; gradients reach q, k and v in their own dtypes."""
+    import torch.nn.functional as F
+
+    from ember.models.segment_attention import segment_sdpa
+
+    torch.manual_seed(0)
+    # as a Llama layer hands them over under autocast: q, k float32 (rotary), v bf16; 4 query heads, 2 kv heads
+    q = torch.randn(1, 4, 10, 8, requires_grad=True)
+    k = torch.randn(1, 2, 10, 8, requires_grad=True)
+    v = torch.randn(1, 2, 10, 8, dtype=torch.bfloat16, requires_grad=True)
+    position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])  # two samples: 4 and 6 tokens
+    module = torch.nn.Module()
+    module.num_key_value_groups = 2  # what transformers' sdpa_attention_forward reads off an attention layer
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = segment_sdpa(module, q, k, v, None, position_ids=position_ids)
+        in_bf16 = F.scaled_dot_product_attention(q[:, :, :4], k[:, :, :4], v[:, :, :4], is_causal=True, enable_gqa=True)
+    assert out.dtype == torch.float32 and out.shape == (1, 10, 4, 8)  # [B, T, heads, dim], as transformers returns
+    assert in_bf16.dtype == torch.bfloat16  # what autocast alone would have run
+    expected = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e].float(),
+                                                         is_causal=True, enable_gqa=True) for s, e in ((0, 4), (4, 10))],
+                         dim=2).transpose(1, 2)
+    assert torch.equal(out, expected)
+    out.sum().backward()
+    assert q.grad.dtype == k.grad.dtype == torch.float32 and v.grad.dtype == torch.bfloat16
+    assert torch.count_nonzero(v.grad[:, :, 4:]) > 0  # the second sample's values got their gradient
+
+    q16, k16, v16 = q.detach().bfloat16(), k.detach().bfloat16(), v.detach()  # a bf16 model, no autocast
+    out16, _ = segment_sdpa(module, q16, k16, v16, None, position_ids=position_ids)
+    second = F.scaled_dot_product_attention(q16[:, :, 4:].float(), k16[:, :, 4:].float(), v16[:, :, 4:].float(),
+                                            is_causal=True, enable_gqa=True)
+    assert out16.dtype == torch.bfloat16
+    assert torch.equal(out16[:, 4:], second.transpose(1, 2).bfloat16())
