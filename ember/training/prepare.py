@@ -47,15 +47,11 @@ def family_template(cfg: EmberConfig) -> Optional[str]:
     return family.template if family else None
 
 
+@frozen_heap()
 def prepare_data(cfg: EmberConfig, tokenizer=None, progress: bool = True,
                  report_path: Optional[Path] = None) -> PreparedData:
     """The exact samples of a run (see `ember.prepare_data`). When nothing is left to train, the data report is
     written to `report_path` (if given) before the DataError is raised, so every skipped record stays listed."""
-    with frozen_heap():
-        return _prepare_data(cfg, tokenizer, progress, report_path)
-
-
-def _prepare_data(cfg: EmberConfig, tokenizer, progress: bool, report_path: Optional[Path]) -> PreparedData:
     from ember.models.loading import load_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)

@@ -11,7 +11,8 @@ def test_the_heap_is_frozen_inside_the_block_and_given_back_after():
         assert frozen > 0
         made_inside = [[] for _ in range(5)]
         assert all(gc.is_tracked(x) for x in made_inside)
-        assert gc.get_freeze_count() == frozen  # only what was alive at the start is frozen
+        # only what was alive at the start is frozen (a frozen object that dies, e.g. in another thread, leaves it)
+        assert gc.get_freeze_count() <= frozen
     assert gc.get_freeze_count() == 0
 
 
@@ -19,9 +20,10 @@ def test_a_caller_that_froze_its_own_heap_keeps_it_frozen():
     gc.freeze()
     try:
         before = gc.get_freeze_count()
+        made_after = [[] for _ in range(1000)]  # noqa: F841 (alive across the block; frozen only if it froze again)
         with frozen_heap():
-            assert gc.get_freeze_count() == before
-        assert gc.get_freeze_count() == before
+            assert 0 < gc.get_freeze_count() <= before
+        assert 0 < gc.get_freeze_count() <= before  # not unfrozen on exit either
     finally:
         gc.unfreeze()
 
