@@ -11,7 +11,8 @@ its own design), else fp32.
 Configurations (`--configs`):
 - `ember`: Ember's default (`data.packing` auto: padding-free for this text model, each sample attending to
   itself through causal SDPA); `ember-padded`: `data.packing=false` (padded rows); `ember-packed`:
-  `data.packing=true` (the same as the default here);
+  `data.packing=true` (the same as the default here); `ember-peft-layers`: the default with `method.fused=false`
+  (peft's own LoRA layers instead of Ember's fused ones: the fused layers' share of the speed);
 - `llamafactory`: LLaMA-Factory's default (padded); `llamafactory-neat`: `neat_packing: true` (samples packed into
   rows of cutoff_len with a block-diagonal 4D attention mask: its packing without cross-contamination);
 - `trl`: TRL's default (padded; loss on every token: SmolLM2's template has no `{% generation %}` markers for
@@ -28,7 +29,7 @@ the child process's. Runs are interleaved (A, B, C, A, B, C, ...) from one drive
 (bench/peers.py: venvs, OMP_WAIT_POLICY=PASSIVE, load average beside every run).
 
     python bench/train_vs_peers.py --quick      # smoke test: 8 conversations (2 steps), every configuration, 1 round
-    python bench/train_vs_peers.py              # full: 96 conversations, 7 configurations, 1 round
+    python bench/train_vs_peers.py              # full: 96 conversations, 9 configurations, 1 round
     python bench/train_vs_peers.py --record     # the same, also written to bench/results/train_vs_peers.txt
     python bench/train_vs_peers.py --configs ember trl-padfree --repeats 2
 
@@ -55,6 +56,7 @@ CONFIGS = {  # label → (tool, packing mode)
     "ember": ("ember", "default"),
     "ember-padded": ("ember", "none"),
     "ember-packed": ("ember", "packed"),
+    "ember-peft-layers": ("ember", "peft-layers"),
     "llamafactory": ("llamafactory", "none"),
     "llamafactory-neat": ("llamafactory", "neat"),
     "trl": ("trl", "none"),
@@ -80,7 +82,8 @@ def child_ember(a) -> None:
 
     cfg = validate(load_config(None, [
         f"model.name_or_path={a.model}", f"data.datasets=[{{path: {a.data}}}]", f"data.max_length={a.max_length}",
-        *([] if a.mode == "default" else [f"data.packing={'true' if a.mode == 'packed' else 'false'}"]),
+        *([f"data.packing={'true' if a.mode == 'packed' else 'false'}"] if a.mode in ("packed", "none") else []),
+        *(["method.fused=false"] if a.mode == "peft-layers" else []),
         "data.cache=false",
         "method.type=lora", f"method.rank={HYPER['rank']}", f"method.alpha={HYPER['alpha']}",
         f"method.dropout={HYPER['dropout']}", "method.targets=all-linear",

@@ -142,6 +142,10 @@ class MethodConfig:
     lora_layers: Optional[int] = field(default=None, metadata={"help": (
         "LoRA only in the last N decoder layers; autograd stops below them (faster, less memory). null = every "
         "layer")})
+    fused: bool = field(default=True, metadata={"help": (
+        "lora on a float base: each adapted layer trains as one autograd node (projection and adapter in two "
+        "matmuls, no element-wise passes); false: peft's own layers. Same numbers to float rounding, same adapter "
+        "files")})
     # QLoRA. Unset (None) = 4 / nf4 / true; they quantize the base model, so setting them with another type fails.
     bits: Optional[Literal[4, 8]] = field(default=None, metadata={"help": "qlora only: 4 (default) or 8"})
     quant_type: Optional[Literal["nf4", "fp4"]] = field(default=None, metadata={"help": (

@@ -105,6 +105,10 @@ def apply_method(model, method: MethodConfig, family: Optional[Family], gradient
         bias="none",
         task_type="CAUSAL_LM",
     )
+    if method.fused and method.type == "lora" and not prequantized and not method.dora:
+        from ember.models.fused_lora import register_fused_lora
+
+        register_fused_lora(config)  # float bases only: quantized layers keep peft's dispatch (DoRA: peft's variant)
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
