@@ -3,7 +3,7 @@
 A padding-free batch is one row of several samples whose `position_ids` restart at 0 (ember.data.collate.
 PackedCollator). transformers keeps the samples apart by building a [T, T] block-diagonal mask, and with a mask
 SDPA can no longer skip the blocks above the diagonal: on a CPU, a row of 4 samples then costs more attention than
-the 4 samples padded side by side (bench/results/train_vs_peers.txt, profiled). Run one causal SDPA per sample
+the 4 samples padded side by side (profiled; docs/training.md, "Speed on a CPU"). Run one causal SDPA per sample
 instead and each sample's attention is exactly its own, at the cost of its own length squared over two.
 
 It is registered through transformers' public `AttentionInterface` under `SEGMENTS`; a model is switched to it
