@@ -92,7 +92,7 @@ class FusedLoraLinear(PeftLoraLinear):
                                  self.lora_B[adapter].weight, self.scaling[adapter], dtype)
 
     def _fusable_adapter(self, x: torch.Tensor) -> Optional[str]:
-        """The one adapter the fused path computes exactly as peft would, or None (then peft's forward runs)."""
+        """The one adapter the fused path computes as peft's forward does, or None (then peft's forward runs)."""
         if self.disable_adapters or self.merged or not torch.is_floating_point(x):
             return None
         active = [name for name in self.active_adapters if name in self.lora_A]
