@@ -52,7 +52,7 @@ import peers  # noqa: E402  (stdlib only: children in the peer venvs import it t
 from data_vs_peers import lf_dataset_dir, read_records, reference_tokens, to_messages, write_records  # noqa: E402
 
 DATA = "sft/medicalgpt/sharegpt_zh_1K_format.jsonl"
-CONFIGS = {  # label → (tool, packing mode)
+CONFIGS = {  # label → (tool, mode: how the tool batches, or for ember-peft-layers which LoRA layers train)
     "ember": ("ember", "default"),
     "ember-padded": ("ember", "none"),
     "ember-packed": ("ember", "packed"),
