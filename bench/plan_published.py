@@ -72,7 +72,9 @@ def gpu_plan(cfg, devices: int = 1, memory_gib: float = 80.0):
     key = (repr(cfg.model), repr(cfg.method))
     if key not in _SHAPES:
         _SHAPES[key] = describe(cfg, gpu=True)
-    return plan(cfg, Target(True, devices, int(memory_gib * GIB)), suggest=False, shape=_SHAPES[key])
+    # the published runs took their loss from the model's logits (transformers' Trainer), not Ember's chunked loss
+    return plan(cfg, Target(True, devices, int(memory_gib * GIB)), suggest=False, shape=_SHAPES[key],
+                chunked_loss=False)
 
 
 def main() -> None:

@@ -17,8 +17,14 @@ rules against the tensors autograd really saves (`torch.autograd.graph.saved_ten
   Packed samples that attend one at a time (Ember's padding-free batches on SDPA models) need no mask; on a CPU
   they attend in fp32.
 - Eager attention keeps the attention probabilities (fp32 softmax, plus the cast when computing in half).
-- Ember computes logits only at trained positions (`logits_to_keep`) and the loss upcasts them to fp32:
-  log-softmax keeps its fp32 output, and its backward holds two more fp32 tensors of that size (12 bytes each).
+- The loss, one of two ways (`chunked_loss`):
+  - Ember's chunked loss (ember.training.chunked_loss; causal-LM stages, when the logits are the output embedding
+    applied to the last hidden state and that embedding is whole on the device): no logits. The model returns its
+    hidden states, the loss gathers the trained rows, computes their gradient (and the head's, fp32, when it
+    trains) chunk by chunk, and keeps those for backward; at its peak one chunk's fp32 logits and their gradient
+    exist, beside every returned hidden state that backward does not keep anyway.
+  - Otherwise logits only at trained positions (`logits_to_keep`), upcast to fp32 by the loss: log-softmax keeps
+    its fp32 output, and its backward holds two more fp32 tensors of that size (12 bytes each).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ember.planning.architecture import Layer, Linear, ModelShape
+from ember.training.chunked_loss import CHUNK_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ class Activations:
 
     saved: int  # kept for backward at the end of the forward pass
     autocast_copies: int  # half-precision copies of fp32 weights that autocast made and backward needs
-    logits: int  # logits and the fp32 loss at its peak (the start of backward)
+    logits: int  # the loss at its peak, beyond `saved`: the fp32 logits path's, or the chunked loss's working memory
     layer: int  # the most one decoder layer keeps (recomputed at a time with gradient checkpointing)
     breakdown: dict[str, int]
 
@@ -102,6 +109,9 @@ class _Ledger:
     def new(self, label: str, nbytes: int) -> None:
         self._saved[next(self._ids)] = (label, nbytes)
 
+    def keys(self) -> set:
+        return set(self._saved)
+
     def total(self) -> int:
         return sum(n for _, n in self._saved.values())
 
@@ -112,11 +122,12 @@ class _Ledger:
         return out
 
 
-def estimate(shape: ModelShape, batch: Batch, prec: Precision, checkpointing: bool) -> Activations:
+def estimate(shape: ModelShape, batch: Batch, prec: Precision, checkpointing: bool,
+             chunked_loss: bool = False) -> Activations:
     region = shape.region()
     layers = [_layer(shape, layer, batch, prec, first=(k == 0 and not shape.embedding_trainable))
               for k, layer in enumerate(region)]
-    top = _model_level(shape, batch, prec, bool(region))
+    top = _model_level(shape, batch, prec, bool(region), chunked_loss)
     breakdown = top.by_label()
     if checkpointing:
         # Non-reentrant checkpointing keeps each layer's input and recomputes one layer at a time in backward.
@@ -130,10 +141,43 @@ def estimate(shape: ModelShape, batch: Batch, prec: Precision, checkpointing: bo
             for label, n in led.by_label().items():
                 breakdown[label] = breakdown.get(label, 0) + n
         copies = top.copies + sum(led.copies for led in layers)
-    logits = 12 * batch.logit_positions * shape.vocab if region else 0
+    if not region:
+        logits = 0
+    elif chunked_loss:
+        logits = _chunked_loss_peak(shape, batch, prec, _unkept_hidden_states(shape, batch, prec, layers, checkpointing))
+    else:
+        logits = 12 * batch.logit_positions * shape.vocab
     breakdown = {k: v for k, v in breakdown.items() if v}
     return Activations(saved=saved, autocast_copies=copies, logits=logits,
                        layer=max((led.total() + led.copies for led in layers), default=0), breakdown=breakdown)
+
+
+def _chunked_loss_peak(shape: ModelShape, batch: Batch, prec: Precision, unkept_hidden: int) -> int:
+    """The chunked loss's working memory beyond what it keeps for backward: the gathered trained rows, one chunk's
+    logits (as computed, then fp32; the first freed before the gradient is made) and their gradient in the compute
+    dtype, the rows cast to it; with a trained head, its weight cast to the compute dtype and each chunk's
+    contribution to its gradient (then upcast); and the hidden states the model returned that backward does not
+    keep, alive until the loss is done."""
+    c, r, h, v = prec.compute_bytes, prec.residual_bytes, shape.hidden, shape.vocab
+    rows = min(batch.logit_positions, max(1, CHUNK_ELEMENTS // v))
+    peak = r * batch.logit_positions * h + (4 + c) * rows * v + (c * rows * h if c != r else 0)
+    if shape.lm_head_trainable:
+        head = prec.weight_bytes or shape.lm_head_weight_bytes
+        peak += (c * v * h if c != head else 0) + c * v * h + (4 * v * h if c != 4 else 0)
+    return peak + unkept_hidden
+
+
+def _unkept_hidden_states(shape: ModelShape, batch: Batch, prec: Precision, layers: list[_Ledger],
+                          checkpointing: bool) -> int:
+    """Bytes of the hidden states the model returns for the chunked loss (each layer's input, then the final
+    norm's output) that backward does not keep anyway: every layer below the trained region; in it, under
+    checkpointing none (each layer's input is kept), otherwise each input its norm does not keep as it is (the
+    first, when the embeddings are frozen; every one when the residual stream is 16-bit and the norm keeps an fp32
+    copy); the final norm's output unless its weight trains."""
+    below = len(shape.layers) - len(layers)
+    unkept = 0 if checkpointing else sum("x_in" not in led.keys() for led in layers)
+    final = 0 if shape.final_norm_trainable else 1
+    return prec.residual_bytes * batch.tokens * shape.hidden * (below + unkept + final)
 
 
 def _layer(shape: ModelShape, layer: Layer, batch: Batch, prec: Precision, first: bool) -> _Ledger:
@@ -235,7 +279,7 @@ def _attention(led: _Ledger, shape: ModelShape, batch: Batch, prec: Precision) -
     return c
 
 
-def _model_level(shape: ModelShape, batch: Batch, prec: Precision, region: bool) -> _Ledger:
+def _model_level(shape: ModelShape, batch: Batch, prec: Precision, region: bool, chunked_loss: bool) -> _Ledger:
     led = _Ledger()
     T, h, r = batch.tokens, shape.hidden, prec.residual_bytes
     if shape.embedding_trainable:
@@ -245,11 +289,22 @@ def _model_level(shape: ModelShape, batch: Batch, prec: Precision, region: bool)
     led.new("rotary cos/sin", 2 * r * batch.row_len * shape.head_dim)
     _norm(led, "x_final", True, shape.final_norm_trainable, T, h, r)
     kept = batch.logit_positions * h
-    # the loss's targets and the kept positions (int64), and two scalars (nll's total weight, the token count)
-    led.new("loss targets", 8 * kept // h + 8 * (batch.logit_positions // batch.rows) + 12)
     head_bytes = prec.weight_bytes or shape.lm_head_weight_bytes
-    if shape.lm_head_trainable:
-        led.new("LM head input", (2 if prec.autocast and r == 4 else r) * kept)
+    if chunked_loss:
+        # the trained positions (the empty slice asked of the model shares their storage), the mask that gathers
+        # the trained rows, and the gradients the loss computed with its value: the rows' (in the hidden states'
+        # dtype) and, when the head trains, the head's (fp32)
+        led.new("loss targets", 8 * (batch.logit_positions // batch.rows) + batch.rows * (batch.row_len - 1))
+        led.new("loss gradients", r * kept + (4 * shape.vocab * h if shape.lm_head_trainable else 0))
+    else:
+        # the loss's targets and the kept positions (int64), and two scalars (nll's total weight, the token count)
+        led.new("loss targets", 8 * kept // h + 8 * (batch.logit_positions // batch.rows) + 12)
+        if shape.lm_head_trainable:
+            led.new("LM head input", (2 if prec.autocast and r == 4 else r) * kept)
     if prec.autocast and head_bytes == 4:
-        led.copies += 2 * shape.vocab * h
+        # the head's 16-bit copy that autocast makes and backward keeps (the model calls its head with the chunked
+        # loss too, on no rows); with the chunked loss a frozen head has a second, cast once per run for the loss
+        # (EmberTrainer._projection_weight)
+        frozen_cast = chunked_loss and not shape.lm_head_trainable
+        led.copies += (2 if frozen_cast else 1) * 2 * shape.vocab * h
     return led

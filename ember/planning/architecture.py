@@ -77,6 +77,9 @@ class ModelShape:
     # Packed rows attend sample by sample, without a block mask (ember.models.segment_attention), as `ember train`
     # runs an SDPA model through transformers' attention interface.
     segments: bool = False
+    # The logits are the output embedding applied to the last hidden state, so `ember train` can take a causal-LM
+    # loss chunk by chunk from that state (ember.training.chunked_loss) without the model's logits.
+    projected_logits: bool = False
 
     @property
     def total_params(self) -> int:
@@ -245,7 +248,23 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
         attention="flash" if "flash" in (cfg.model.attn_implementation or "") else _attention_kind(config),
         notes=tuple(notes),
         segments="flash" not in (cfg.model.attn_implementation or "") and supports_segments(base),
+        projected_logits=_projected_logits(base, head),
     )
+
+
+# config keys of a final soft-cap or logit scale (Gemma 2, Cohere, Granite): the logits are not the projection
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _projected_logits(model, head) -> bool:
+    """What EmberTrainer's probe of the first batch finds from real logits, read off the meta model: a bias-free
+    nn.Linear output embedding (not an adapter layer), logits at chosen positions, and no final soft-cap or logit
+    scale in the config."""
+    from ember.models.forward import accepts_logits_to_keep
+
+    configs = {id(c): c for c in (model.config, model.config.get_text_config())}.values()
+    transformed = any(getattr(c, key, None) not in (None, 0, 1) for c in configs for key in _LOGIT_TRANSFORMS)
+    return type(head) is torch.nn.Linear and head.bias is None and accepts_logits_to_keep(model) and not transformed
 
 
 def _trains(module: torch.nn.Module) -> bool:

@@ -143,12 +143,23 @@ def packs(cfg: EmberConfig, shape: ModelShape) -> bool:
     return cfg.stage not in PREFERENCE_STAGES and shape.segments
 
 
-def estimate_memory(cfg: EmberConfig, shape: ModelShape, target: Target, zero: Optional[ZeRO]) -> Memory:
+def chunked_loss(cfg: EmberConfig, shape: ModelShape, zero: Optional[ZeRO]) -> bool:
+    """Whether `ember train` takes this run's loss chunk by chunk from the last hidden state (EmberTrainer): the
+    causal-LM stages, logits that are the output embedding's projection, and that embedding whole on each device
+    (not a ZeRO-3 or FSDP shard)."""
+    sharded = (zero is not None and zero.stage == 3) or bool(cfg.train.extra.get("fsdp"))
+    return shape.projected_logits and cfg.stage not in PREFERENCE_STAGES and not sharded
+
+
+def estimate_memory(cfg: EmberConfig, shape: ModelShape, target: Target, zero: Optional[ZeRO],
+                    chunked: Optional[bool] = None) -> Memory:
+    """`chunked`: plan the chunked loss (True) or the plain one (False); None: the one `ember train` takes."""
     t = cfg.train
     packed = packs(cfg, shape)
     batch = Batch(t.per_device_train_batch_size, cfg.data.max_length, packed, segmented=packed and shape.segments)
     prec = precision(cfg, shape, target, zero)
-    act = estimate(shape, batch, prec, t.gradient_checkpointing)
+    chunked = chunked_loss(cfg, shape, zero) if chunked is None else chunked
+    act = estimate(shape, batch, prec, t.gradient_checkpointing, chunked_loss=chunked)
     notes = list(shape.notes)
     frozen = [g for g in shape.groups if not g.trainable]
     trainable = [g for g in shape.groups if g.trainable]

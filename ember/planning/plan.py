@@ -82,7 +82,7 @@ def ram_bytes() -> int:
 
 
 def plan(cfg: EmberConfig, target: Target, suggest: bool = True, zero: Optional[ZeRO] = None,
-         shape: Optional[ModelShape] = None) -> Plan:
+         shape: Optional[ModelShape] = None, chunked_loss: Optional[bool] = None) -> Plan:
     """Predict the peak memory per device of `ember train cfg` on `target`, reading only the model's config.
 
     Args:
@@ -91,13 +91,15 @@ def plan(cfg: EmberConfig, target: Target, suggest: bool = True, zero: Optional[
         suggest: when it does not fit, search the cheapest change that does.
         zero: plan with this DeepSpeed setting instead of the one `train.deepspeed` names.
         shape: the tuned model, when already described (alternatives that keep the method reuse it).
+        chunked_loss: plan Ember's chunked loss (True) or the plain loss over the model's logits (False, as other
+            tools compute it); None: the one `ember train` takes for this run.
 
     Raises:
         ConfigError: the model's config cannot be read or built, or train.deepspeed is unreadable.
     """
     zero = zero if zero is not None else read_zero(cfg.train.deepspeed)
     shape = shape or describe(cfg, target.gpu)
-    memory = estimate_memory(cfg, shape, target, zero)
+    memory = estimate_memory(cfg, shape, target, zero, chunked_loss)
     result = Plan(cfg, target, shape, zero, memory, _precision_label(cfg, shape, target, zero))
     if not target.gpu:
         result.notes.append("this counts live memory: with glibc's default allocator freed heap memory stays with "

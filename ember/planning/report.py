@@ -14,7 +14,7 @@ PARTS = {
     "optimizer": "optimizer states (DeepSpeed: with fp32 master weights)",
     "activations": "tensors the forward pass keeps for backward",
     "autocast_copies": "16-bit copies of fp32 weights that backward needs",
-    "logits": "logits at trained positions, upcast to fp32 by the loss",
+    "logits": "the loss: a chunk of fp32 logits at a time (Ember's chunked loss), else all at trained positions",
     "backward_workspace": "one layer's gradients in flight (and its recomputation)",
     "optimizer_temporaries": "the optimizer step's temporaries",
     "ddp_buckets": "DDP's gradient buckets",

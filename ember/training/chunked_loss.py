@@ -16,6 +16,9 @@ from typing import Optional
 import torch
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk: 32 MB in fp32 (170 rows of SmolLM2's 49k), small enough to stay in cache
+# logits the model computes once per run, at the first trained positions of the first batch, to show that they are the
+# projection this loss computes (EmberTrainer._probe): 4 MB in fp32
+CHECK_ELEMENTS = 1 << 20
 
 
 class _ProjectedCrossEntropy(torch.autograd.Function):
@@ -47,11 +50,12 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
             at_targets = numerators[rows, t] * factor[:, 0] - s
             grad = torch.mul(numerators, factor, out=torch.empty(numerators.shape, dtype=dtype, device=h.device))
             grad[rows, t] = at_targets.to(dtype)
-            del numerators
             if grad_hidden is not None:
                 grad_hidden[start:start + chunk] = grad @ w
             if grad_weight is not None:
                 grad_weight += (grad.T @ h).to(softmax_dtype)
+            # freed before the next chunk's logits exist: at most one chunk's fp32 logits and its gradient at a time
+            del logits, numerators, grad
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
         ctx.has = (grad_hidden is not None, grad_weight is not None)
         ctx.weight_dtype = weight.dtype

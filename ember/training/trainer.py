@@ -18,7 +18,7 @@ from ember.errors import TrainingStopped
 from ember.models.forward import accepts_logits_to_keep
 from ember.training import checkpoints
 from ember.training.guard import DivergenceGuard
-from ember.training.chunked_loss import CHUNK_ELEMENTS, linear_cross_entropy, trained_rows
+from ember.training.chunked_loss import CHECK_ELEMENTS, CHUNK_ELEMENTS, linear_cross_entropy, trained_rows
 from ember.training.losses import causal_lm_loss, trained_positions
 
 
@@ -41,8 +41,9 @@ class EmberTrainer(Trainer):
         self._weights: Optional[torch.Tensor] = None
         self._positions: Optional[torch.Tensor] = None
         self._keeps_logits: Optional[bool] = None
-        # The chunked loss (ember.training.chunked_loss) replaces the model's logits once the first training step
-        # has shown that they are the output embedding applied to the last hidden state: None = not yet known.
+        # The chunked loss (ember.training.chunked_loss) replaces the model's logits once a probe of the first
+        # training batch has shown that they are the output embedding applied to the last hidden state: None = not
+        # yet known.
         self._chunked: Optional[bool] = None
         self._projection: Optional[torch.nn.Linear] = None
         self._frozen_cast: Optional[tuple[tuple, torch.Tensor]] = None  # (what it was cast from, the cast weight)
@@ -52,12 +53,10 @@ class EmberTrainer(Trainer):
         super().__init__(*args, compute_loss_func=self._compute_loss, **kwargs)
 
     def _compute_loss(self, outputs: Any, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        if self._step_mode == "verify":  # every step's loss comes from the same path, so a resumed run is bit-exact
-            self._chunked = self._logits_are_projected(outputs["hidden_states"][-1], logits)
-        if self._step_mode == "chunked" or (self._step_mode == "verify" and self._chunked):
+        if self._step_mode == "chunked":
             rows, targets, scale = trained_rows(outputs["hidden_states"][-1], labels, self._weights, num_items_in_batch)
             return linear_cross_entropy(rows, self._projection_weight(), targets, scale, self._projection_dtype())
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         return self._loss_fn(logits, labels, self._weights, num_items_in_batch, positions=self._positions)
 
     def _accepts_logits_to_keep(self, model) -> bool:
@@ -100,12 +99,32 @@ class EmberTrainer(Trainer):
         return mixed or self._projection.weight.dtype
 
     @torch.no_grad()
-    def _logits_are_projected(self, hidden: torch.Tensor, logits: torch.Tensor) -> bool:
-        """The first step's check: the model's logits equal the output embedding applied to its last hidden state,
-        in the logits' dtype (a final soft-cap or logit scale, as some families have, fails it)."""
+    def _probe(self, model, inputs: dict[str, Any]) -> bool:
+        """Whether this model's logits are its output embedding applied to its last hidden state, asked of the first
+        training batch before it trains: a forward pass without gradients (and in eval mode, so that dropout draws
+        no random numbers) that computes the logits at the first few trained positions only. Checking in the
+        training forward itself would need the logits at every trained position, [tokens × vocabulary] in fp32 on
+        top of the step's activations, in case the check fails and the plain loss needs them."""
+        module = self.accelerator.unwrap_model(model)  # no DDP / DeepSpeed hooks: nothing will run backward
+        rows = inputs["input_ids"].size(0)
+        count = max(1, CHECK_ELEMENTS // (rows * self._projection.weight.size(0)))
+        probe = {k: v for k, v in inputs.items() if k != "labels"}
+        probe.update(logits_to_keep=self._positions[:count], output_hidden_states=True)
+        training = module.training
+        module.eval()
+        try:
+            outputs = module(**probe)
+        finally:
+            module.train(training)
+        return self._logits_are_projected(outputs["hidden_states"][-1], outputs["logits"], self._positions[:count])
+
+    @torch.no_grad()
+    def _logits_are_projected(self, hidden: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor) -> bool:
+        """The probe's check: the model's logits at `positions` equal the output embedding applied to its last
+        hidden state there, in the logits' dtype (a final soft-cap or logit scale, as some families have, fails it)."""
         dtype = self._projection_dtype()
         weight = self._projection_weight().to(dtype)
-        rows = hidden[:, self._positions].reshape(-1, hidden.size(-1))
+        rows = hidden[:, positions].reshape(-1, hidden.size(-1))
         logits = logits.reshape(rows.size(0), -1)
         # a chunk of rows at a time: compared whole, the check's temporaries took several times the logits' memory
         step = max(1, CHUNK_ELEMENTS // max(1, logits.size(-1)))
@@ -120,9 +139,11 @@ class EmberTrainer(Trainer):
             self._positions = trained_positions(inputs["labels"])
             inputs["logits_to_keep"] = self._positions
             if model.training and not return_outputs and self._chunk_candidate(model):
-                self._step_mode = "verify" if self._chunked is None else "chunked"
-                inputs["output_hidden_states"] = True
-                if self._step_mode == "chunked":
+                if self._chunked is None:  # decided once, so every step's loss, resumed or not, takes one path
+                    self._chunked = self._probe(model, inputs)
+                if self._chunked:
+                    self._step_mode = "chunked"
+                    inputs["output_hidden_states"] = True
                     inputs["logits_to_keep"] = self._positions[:0]  # no logits: the loss projects the hidden states
         if model.training:
             mask = inputs.get("attention_mask")

@@ -34,16 +34,23 @@ def test_lora_on_a_gpu_part_by_part(tiny_cfg):
               + 3 * 2 * T * 128  # SwiGLU: gate output, SiLU output, up output
               + 2 * T * 128 + 2 * 4 * T)  # down_proj LoRA
     layer0 = layer1 - (4 * T * 64 + 4 * T)  # its input (the frozen embedding's output) needs no gradient
-    top = 2 * 2 * 16 * 16 + 4 * T * 64 + 4 * T + (8 * 30 + 8 * 15 + 12)  # rotary cos/sin, final norm, loss targets
-    copies = (2 * 4 * (2 * 64 + 2 * 96 + 64 + 64 + 3 * 192)  # layer 1: bf16 copies of both LoRA matrices
-              + 2 * 4 * (64 + 32 + 32 + 2 * 64 + 3 * 192))  # layer 0: q, k, v's lora_A is not needed
+    top = (2 * 2 * 16 * 16 + 4 * T * 64 + 4 * T  # rotary cos/sin, final norm
+           + 8 * 15 + 2 * 15  # the chunked loss: trained positions (int64), the mask of trained rows (bool)
+           + 2 * 30 * 64)  # and the gradient of the 30 trained rows' bf16 hidden states
+    copies1 = 2 * 4 * (2 * 64 + 2 * 96 + 64 + 64 + 3 * 192)  # layer 1: bf16 copies of both LoRA matrices
+    copies = copies1 + 2 * 4 * (64 + 32 + 32 + 2 * 64 + 3 * 192)  # layer 0: q, k, v's lora_A is not needed
+    # the chunked loss: the 30 gathered rows, one chunk (all 30 rows) of bf16 logits then fp32 and the bf16
+    # gradient, and the hidden states the model returns that backward does not keep: both layers' bf16 inputs
+    # (their norms keep fp32 copies) and the frozen final norm's output
+    logits = 2 * 30 * 64 + (4 + 2) * 30 * 320 + 3 * 2 * T * 64
     assert result.memory.parts == {
         "weights": 2 * BASE,
         "trainable": 4 * LORA,
         "optimizer": 2 * 4 * LORA,  # AdamW: two fp32 states
         "activations": layer1 + layer0 + top,
         "autocast_copies": copies,
-        "logits": 12 * 30 * 320,  # bf16 logits → fp32 log-softmax and its two fp32 gradients
+        "logits": logits,
+        "backward_workspace": layer1 + copies1 - logits,  # layer 1's gradients in flight: more than the loss held
         "cuda_context": CUDA_CONTEXT,
     }
     assert result.memory.phase == "backward"
@@ -61,9 +68,32 @@ def test_the_default_packs_a_row_whose_samples_attend_one_at_a_time(tiny_cfg):
     default = plan(tiny_cfg("model.dtype=auto", "train.bf16=null"), GPU)
     T = 32
     per_layer = 2 * T * (2 * 64 - 2 * 32) + 2 * (2 * 16 * 16)  # k, v repeated to 4 heads; the padding mask
-    top = 2 * 2 * (32 - 16) * 16 + 8 * (30 - 15)  # rotary cos/sin over 32 positions, not 16; targets' positions
-    assert default.memory.parts == {**padded, "activations": padded["activations"] - 2 * per_layer + top}
+    # rotary cos/sin over 32 positions, not 16; the loss's positions (30, not 15) and its mask (1 × 31, not 2 × 15)
+    top = 2 * 2 * (32 - 16) * 16 + 8 * (30 - 15) + (31 - 30)
+    assert default.memory.parts == {**padded, "activations": padded["activations"] - 2 * per_layer + top,
+                                    "backward_workspace": padded["backward_workspace"] - per_layer}
     assert default.shape.segments and "(packed)" in render(default)
+
+
+def test_the_loss_is_planned_as_the_trainer_takes_it(tiny_cfg):
+    """The chunked loss for the causal-LM stages; the plain loss (12 bytes per logit: bf16 logits, the fp32
+    log-softmax and its two fp32 gradients) where the trainer keeps it: preference stages, ZeRO-3 / FSDP shards,
+    an adapter-wrapped head."""
+    from ember.planning.activations import Batch, estimate
+    from ember.planning.architecture import describe
+    from ember.planning.memory import chunked_loss, precision
+
+    cfg = tiny_cfg("model.dtype=auto")
+    shape = describe(cfg, gpu=True)
+    assert shape.projected_logits and chunked_loss(cfg, shape, None) and chunked_loss(cfg, shape, ZeRO(2))
+    assert not chunked_loss(cfg, shape, ZeRO(3))
+    assert not chunked_loss(tiny_cfg("model.dtype=auto", "train.extra={fsdp: full_shard}"), shape, None)
+    assert not chunked_loss(tiny_cfg("model.dtype=auto", "stage=dpo"), shape, None)
+    wrapped = tiny_cfg("model.dtype=auto", "method.modules_to_save=[lm_head]")
+    assert not describe(wrapped, gpu=True).projected_logits
+    plain = estimate(shape, Batch(2, 16, False), precision(cfg, shape, GPU, None), False, chunked_loss=False)
+    assert plain.logits == 12 * 30 * 320
+    assert plan(cfg, GPU, zero=ZeRO(3)).memory.activations.logits == 12 * 30 * 320
 
 
 def test_the_planner_packs_the_stages_that_training_packs_by_default():

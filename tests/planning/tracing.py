@@ -8,6 +8,7 @@ import torch
 
 from ember.data.render import IGNORE_INDEX
 from ember.models.segment_attention import segment_attention
+from ember.training.chunked_loss import linear_cross_entropy, trained_rows
 from ember.training.losses import causal_lm_loss, trained_positions
 
 
@@ -28,10 +29,12 @@ def batch_inputs(samples: int, length: int, packed: bool, vocab: int, pad_last: 
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def saved_bytes(model, inputs: dict[str, torch.Tensor], autocast: bool) -> int:
+def saved_bytes(model, inputs: dict[str, torch.Tensor], autocast: bool, chunked: bool = False) -> int:
     """Bytes of the distinct tensors (by storage) that autograd saves during the forward and the loss, parameters
     excluded: what the planner's `saved + autocast_copies` plus the loss's saved log-softmax must equal. A packed
-    row runs as `ember train` runs it: sample by sample where the model can (ember.models.segment_attention)."""
+    row runs as `ember train` runs it: sample by sample where the model can (ember.models.segment_attention).
+    `chunked`: the loss is Ember's chunked one (EmberTrainer's "chunked" steps: no logits, the last hidden state
+    projected by the loss), which keeps no log-softmax."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -48,7 +51,17 @@ def saved_bytes(model, inputs: dict[str, torch.Tensor], autocast: bool) -> int:
     packed = "position_ids" in inputs
     segments = segment_attention(model) if packed else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), context, segments:
-        out = model(**inputs, logits_to_keep=positions, use_cache=False)
-        loss = causal_lm_loss(out.logits, labels, positions=positions)
+        if chunked:
+            out = model(**inputs, logits_to_keep=positions[:0], output_hidden_states=True, use_cache=False)
+            rows, targets, scale = trained_rows(out.hidden_states[-1], labels, None, None)
+            head = model.get_output_embeddings().weight
+            dtype = torch.bfloat16 if autocast else head.dtype
+            if not head.requires_grad and head.dtype != dtype:
+                head = head.detach().to(dtype)  # a frozen head: cast once, and held for the run by the trainer
+                seen[head.untyped_storage().data_ptr()] = head.untyped_storage().nbytes()
+            loss = linear_cross_entropy(rows, head, targets, scale, dtype)
+        else:
+            out = model(**inputs, logits_to_keep=positions, use_cache=False)
+            loss = causal_lm_loss(out.logits, labels, positions=positions)
     assert loss.requires_grad
     return sum(seen.values())

@@ -69,13 +69,13 @@ def test_logits_that_are_not_the_projection_keep_the_plain_path():
     projection = torch.nn.Linear(8, 30, bias=False)
     hidden = torch.randn(1, 5, 8) * 8
     trainer = EmberTrainer.__new__(EmberTrainer)  # only the check's own state
-    trainer._projection, trainer._positions = projection, torch.tensor([1, 2, 3])
+    trainer._projection, positions = projection, torch.tensor([1, 2, 3])
     trainer.accelerator = SimpleNamespace(mixed_precision="no")
     with torch.no_grad():
-        logits = projection(hidden[:, trainer._positions])
-        assert trainer._logits_are_projected(hidden, logits)
-        assert not trainer._logits_are_projected(hidden, 30 * torch.tanh(logits / 30))  # a final soft-cap
-        assert not trainer._logits_are_projected(hidden, logits * 0.5)  # a logit scale
+        logits = projection(hidden[:, positions])
+        assert trainer._logits_are_projected(hidden, logits, positions)
+        assert not trainer._logits_are_projected(hidden, 30 * torch.tanh(logits / 30), positions)  # a final soft-cap
+        assert not trainer._logits_are_projected(hidden, logits * 0.5, positions)  # a logit scale
 
 
 def test_the_check_goes_a_chunk_of_rows_at_a_time_and_sees_the_last_one(monkeypatch):
@@ -86,14 +86,14 @@ def test_the_check_goes_a_chunk_of_rows_at_a_time_and_sees_the_last_one(monkeypa
     projection = torch.nn.Linear(8, 30, bias=False).requires_grad_(False)
     hidden = torch.randn(2, 7, 8) * 8
     trainer = EmberTrainer.__new__(EmberTrainer)
-    trainer._projection, trainer._positions, trainer._frozen_cast = projection, torch.tensor([1, 2, 4, 6]), None
+    trainer._projection, positions, trainer._frozen_cast = projection, torch.tensor([1, 2, 4, 6]), None
     trainer.accelerator = SimpleNamespace(mixed_precision="no")
     monkeypatch.setattr(trainer_module, "CHUNK_ELEMENTS", 60)  # 2 rows of 30 logits per chunk: 4 chunks
     with torch.no_grad():
-        logits = projection(hidden[:, trainer._positions])
-        assert trainer._logits_are_projected(hidden, logits)
+        logits = projection(hidden[:, positions])
+        assert trainer._logits_are_projected(hidden, logits, positions)
         logits[1, 3] *= 0.5  # the last row of the last chunk
-        assert not trainer._logits_are_projected(hidden, logits)
+        assert not trainer._logits_are_projected(hidden, logits, positions)
 
 
 def test_a_frozen_output_embedding_is_cast_once_per_run():
@@ -123,4 +123,58 @@ def test_a_training_run_uses_the_chunked_loss(tiny_run_config, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "linear_cross_entropy", counting)  # a spy on our own module
     train(tiny_run_config("train.max_steps=2"))
-    assert len(rows) == 2 and all(n > 0 for n in rows)  # the first step (checked) and the next
+    assert len(rows) == 2 and all(n > 0 for n in rows)  # the first step (probed before it trains) and the next
+
+
+def test_the_probe_computes_a_few_logits_without_gradients_or_random_numbers(tiny_run_config, monkeypatch):
+    from ember.training import trainer as trainer_module
+    from ember.training.run import train
+    from ember.training.trainer import EmberTrainer
+
+    # 2 rows of the tiny model's 49,152-token vocabulary: 3 positions fit in the probe's logits
+    monkeypatch.setattr(trainer_module, "CHECK_ELEMENTS", 3 * 2 * 49152 + 5)
+    seen, forwards = [], []
+    check, probe = EmberTrainer._logits_are_projected, EmberTrainer._probe
+
+    def checking(self, hidden, logits, positions):
+        seen.append((tuple(logits.shape), logits.requires_grad, positions.tolist(), self._positions[:3].tolist()))
+        return check(self, hidden, logits, positions)
+
+    def probing(self, model, inputs):
+        before = torch.get_rng_state()
+        answer = probe(self, model, inputs)
+        forwards.append((torch.equal(before, torch.get_rng_state()), model.training, answer))
+        return answer
+
+    monkeypatch.setattr(EmberTrainer, "_logits_are_projected", checking)  # spies on our own class
+    monkeypatch.setattr(EmberTrainer, "_probe", probing)
+    train(tiny_run_config("train.max_steps=3", "method.dropout=0.5", "data.packing=false"))
+    assert len(seen) == 1 and len(forwards) == 1  # once per run
+    (shape, grad, positions, first), (rng_kept, training, answer) = seen[0], forwards[0]
+    assert shape == (2, 3, 49152) and not grad and positions == first
+    assert rng_kept and training and answer  # dropout drew nothing; the model is back in training mode
+
+
+def test_a_model_with_scaled_logits_trains_on_its_own_logits(tiny_run_config, tiny_model_config, tmp_path,
+                                                             monkeypatch):
+    """A model whose logits are not the projection of its last hidden state (Granite divides them by
+    `logits_scaling`) keeps the plain loss from the first step on: the probe said no, and the chunked loss never
+    runs."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    from ember.models.loading import load_tokenizer
+    from ember.training import trainer as trainer_module
+    from ember.training.run import train
+
+    tokenizer = load_tokenizer(tiny_model_config)
+    torch.manual_seed(0)
+    config = GraniteConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, logits_scaling=4.0,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    GraniteForCausalLM(config).save_pretrained(tmp_path / "granite")
+    tokenizer.save_pretrained(tmp_path / "granite")
+    calls = []
+    monkeypatch.setattr(trainer_module, "linear_cross_entropy", lambda *a, **k: calls.append(1))
+    result = train(tiny_run_config("train.max_steps=2", f"model.name_or_path={tmp_path / 'granite'}",
+                                   "model.random_init=false", "model.config_overrides={}"))
+    assert calls == [] and torch.isfinite(torch.tensor(result.metrics["train_loss"]))

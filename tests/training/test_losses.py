@@ -166,8 +166,11 @@ class LmHeadWidths(TrainerCallback):
 
 
 def test_training_projects_only_trained_positions_and_the_gradients_match(tiny_run_config, tmp_path):
-    """The trainer passes `logits_to_keep`: the lm_head sees only trained positions, and the step's gradients equal
-    those of the full-logits loss computed by hand on the same 8 samples from the same initial weights."""
+    """The trainer passes `logits_to_keep`: the lm_head sees the first trained positions once (the probe before
+    the first step, a million logits at most) and none in the step (the chunked loss projects the hidden states
+    itself), and the step's gradients equal those of the full-logits loss computed by hand on the same 8 samples
+    from the same initial weights."""
+    from ember.training.chunked_loss import CHECK_ELEMENTS
     from ember.training.prepare import prepare_data
     from ember.models.loading import load_model, load_tokenizer
 
@@ -180,7 +183,8 @@ def test_training_projects_only_trained_positions_and_the_gradients_match(tiny_r
 
     batch = PadCollator(pad_token_id=0)([{"input_ids": s.input_ids, "labels": s.labels} for s in samples])
     kept = len(trained_positions(batch["labels"]))
-    assert widths.widths == [kept] and kept < batch["labels"].shape[1] - 1
+    vocab = len(load_tokenizer(cfg.model))
+    assert widths.widths == [min(kept, CHECK_ELEMENTS // (8 * vocab)), 0] and kept < batch["labels"].shape[1] - 1
 
     model = load_model(cfg.model, vocab_size=len(load_tokenizer(cfg.model)))
     model.config.use_cache = False
