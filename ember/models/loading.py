@@ -257,7 +257,25 @@ def load_model(cfg: ModelConfig, dtype: Any = None, quantization_config: Any = N
             **_placement(cfg, quantized),
             **kwargs,
         )
+    if quantization_config is not None:
+        _unmap_full_precision_weights(model)
     return model
+
+
+def _unmap_full_precision_weights(model) -> None:
+    """Give the weights a bitsandbytes load leaves in full precision on a CPU memory of their own.
+
+    transformers maps the checkpoint into memory and keeps unquantized weights (embeddings, norms) as views of it.
+    Those views keep the whole mapping alive, and with it every page that quantizing read: the full-precision
+    copies of the weights that are now 4- or 8-bit stay resident and count in the process's memory (SmolLM2-135M:
+    0.4 GiB of a 0.5 GiB checkpoint, for a 0.16 GiB model). Copied, the views let the mapping go. Quantized weights
+    (bitsandbytes' own parameter types) and GPU tensors are left as they are."""
+    import torch
+
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if type(tensor) in (torch.nn.Parameter, torch.Tensor) and tensor.device.type == "cpu":
+                tensor.data = tensor.data.clone()
 
 
 def _placement(cfg: ModelConfig, quantized: bool) -> dict[str, Any]:

@@ -19,10 +19,10 @@ rules against the tensors autograd really saves (`torch.autograd.graph.saved_ten
 - Eager attention keeps the attention probabilities (fp32 softmax, plus the cast when computing in half).
 - The loss, one of two ways (`chunked_loss`):
   - Ember's chunked loss (ember.training.chunked_loss; causal-LM stages, when the logits are the output embedding
-    applied to the last hidden state and that embedding is whole on the device): no logits. The model returns its
-    hidden states, the loss gathers the trained rows, computes their gradient (and the head's, fp32, when it
+    applied to the last hidden state and that embedding is whole on the device): no logits. The loss gathers the
+    trained rows of the decoder's last hidden state, computes their gradient (and the head's, fp32, when it
     trains) chunk by chunk, and keeps those for backward; at its peak one chunk's fp32 logits and their gradient
-    exist, beside every returned hidden state that backward does not keep anyway.
+    exist.
   - Otherwise logits only at trained positions (`logits_to_keep`), upcast to fp32 by the loss: log-softmax keeps
     its fp32 output, and its backward holds two more fp32 tensors of that size (12 bytes each).
 """
@@ -109,9 +109,6 @@ class _Ledger:
     def new(self, label: str, nbytes: int) -> None:
         self._saved[next(self._ids)] = (label, nbytes)
 
-    def keys(self) -> set:
-        return set(self._saved)
-
     def total(self) -> int:
         return sum(n for _, n in self._saved.values())
 
@@ -144,7 +141,7 @@ def estimate(shape: ModelShape, batch: Batch, prec: Precision, checkpointing: bo
     if not region:
         logits = 0
     elif chunked_loss:
-        logits = _chunked_loss_peak(shape, batch, prec, _unkept_hidden_states(shape, batch, prec, layers, checkpointing))
+        logits = _chunked_loss_peak(shape, batch, prec)
     else:
         logits = 12 * batch.logit_positions * shape.vocab
     breakdown = {k: v for k, v in breakdown.items() if v}
@@ -152,32 +149,20 @@ def estimate(shape: ModelShape, batch: Batch, prec: Precision, checkpointing: bo
                        layer=max((led.total() + led.copies for led in layers), default=0), breakdown=breakdown)
 
 
-def _chunked_loss_peak(shape: ModelShape, batch: Batch, prec: Precision, unkept_hidden: int) -> int:
-    """The chunked loss's working memory beyond what it keeps for backward: the gathered trained rows, one chunk's
-    logits (as computed, then fp32; the first freed before the gradient is made) and their gradient in the compute
-    dtype, the rows cast to it; with a trained head, its weight cast to the compute dtype and each chunk's
-    contribution to its gradient (then upcast); and the hidden states the model returned that backward does not
-    keep, alive until the loss is done."""
+def _chunked_loss_peak(shape: ModelShape, batch: Batch, prec: Precision) -> int:
+    """The chunked loss's working memory beyond what it keeps for backward: the trained rows gathered from the
+    decoder's last hidden state (which lives until they are, unless the final norm keeps it anyway), then one
+    chunk's logits (as computed, then fp32; the first freed before the gradient is made) and their gradient in the
+    compute dtype, the chunk's rows cast to it; with a trained head, its weight cast to the compute dtype and each
+    chunk's contribution to its gradient (then upcast)."""
     c, r, h, v = prec.compute_bytes, prec.residual_bytes, shape.hidden, shape.vocab
     rows = min(batch.logit_positions, max(1, CHUNK_ELEMENTS // v))
-    peak = r * batch.logit_positions * h + (4 + c) * rows * v + (c * rows * h if c != r else 0)
+    last_hidden = 0 if shape.final_norm_trainable else r * batch.tokens * h
+    work = (4 + c) * rows * v + (c * rows * h if c != r else 0)
     if shape.lm_head_trainable:
         head = prec.weight_bytes or shape.lm_head_weight_bytes
-        peak += (c * v * h if c != head else 0) + c * v * h + (4 * v * h if c != 4 else 0)
-    return peak + unkept_hidden
-
-
-def _unkept_hidden_states(shape: ModelShape, batch: Batch, prec: Precision, layers: list[_Ledger],
-                          checkpointing: bool) -> int:
-    """Bytes of the hidden states the model returns for the chunked loss (each layer's input, then the final
-    norm's output) that backward does not keep anyway: every layer below the trained region; in it, under
-    checkpointing none (each layer's input is kept), otherwise each input its norm does not keep as it is (the
-    first, when the embeddings are frozen; every one when the residual stream is 16-bit and the norm keeps an fp32
-    copy); the final norm's output unless its weight trains."""
-    below = len(shape.layers) - len(layers)
-    unkept = 0 if checkpointing else sum("x_in" not in led.keys() for led in layers)
-    final = 0 if shape.final_norm_trainable else 1
-    return prec.residual_bytes * batch.tokens * shape.hidden * (below + unkept + final)
+        work += (c * v * h if c != head else 0) + c * v * h + (4 * v * h if c != 4 else 0)
+    return r * batch.logit_positions * h + max(last_hidden, work)
 
 
 def _layer(shape: ModelShape, layer: Layer, batch: Batch, prec: Precision, first: bool) -> _Ledger:

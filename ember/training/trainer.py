@@ -15,7 +15,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ember.core.artifacts import write_metadata
 from ember.errors import TrainingStopped
-from ember.models.forward import accepts_logits_to_keep
+from ember.models.forward import accepts_logits_to_keep, base_model
 from ember.training import checkpoints
 from ember.training.guard import DivergenceGuard
 from ember.training.chunked_loss import CHECK_ELEMENTS, CHUNK_ELEMENTS, linear_cross_entropy, trained_rows
@@ -46,6 +46,11 @@ class EmberTrainer(Trainer):
         # yet known.
         self._chunked: Optional[bool] = None
         self._projection: Optional[torch.nn.Linear] = None
+        # The decoder's last hidden state, caught by a forward hook while `_catching` (the chunked loss reads it;
+        # asking the model for output_hidden_states would hold every layer's output until the loss is done).
+        self._decoder_hook: Optional[torch.utils.hooks.RemovableHandle] = None
+        self._catching = False
+        self._last_hidden: Optional[torch.Tensor] = None
         self._frozen_cast: Optional[tuple[tuple, torch.Tensor]] = None  # (what it was cast from, the cast weight)
         self._step_mode = "logits"
         self._tokens_seen = 0
@@ -54,7 +59,9 @@ class EmberTrainer(Trainer):
 
     def _compute_loss(self, outputs: Any, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         if self._step_mode == "chunked":
-            rows, targets, scale = trained_rows(outputs["hidden_states"][-1], labels, self._weights, num_items_in_batch)
+            hidden, self._last_hidden = self._last_hidden, None
+            rows, targets, scale = trained_rows(hidden, labels, self._weights, num_items_in_batch)
+            del hidden  # the gathered rows are all the loss needs
             return linear_cross_entropy(rows, self._projection_weight(), targets, scale, self._projection_dtype())
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         return self._loss_fn(logits, labels, self._weights, num_items_in_batch, positions=self._positions)
@@ -70,15 +77,23 @@ class EmberTrainer(Trainer):
         if self._chunked is False or self._loss_fn is not causal_lm_loss or not self._accepts_logits_to_keep(model):
             return False
         if self._projection is None:  # looked up once: the model does not change during a run
-            projection = self.accelerator.unwrap_model(model).get_output_embeddings()
+            unwrapped = self.accelerator.unwrap_model(model)
+            projection = unwrapped.get_output_embeddings()
             weight = getattr(projection, "weight", None)
             whole = weight is not None and type(weight.data) is torch.Tensor and weight.numel() > 0 \
                 and not hasattr(weight, "ds_id")
-            if not (type(projection) is torch.nn.Linear and projection.bias is None and whole):
+            decoder = getattr(base_model(unwrapped), "get_decoder", lambda: None)()
+            if not (type(projection) is torch.nn.Linear and projection.bias is None and whole) \
+                    or not isinstance(decoder, torch.nn.Module) or decoder is base_model(unwrapped):
                 self._chunked = False
                 return False
             self._projection = projection
+            self._decoder_hook = decoder.register_forward_hook(self._catch_last_hidden)
         return True
+
+    def _catch_last_hidden(self, module, args, output) -> None:
+        if self._catching:
+            self._last_hidden = output[0]  # last_hidden_state: what the model's head would have projected
 
     def _projection_weight(self) -> torch.Tensor:
         """The output embedding as the chunked loss reads it. A frozen one (LoRA: tied to the input embedding,
@@ -109,14 +124,17 @@ class EmberTrainer(Trainer):
         rows = inputs["input_ids"].size(0)
         count = max(1, CHECK_ELEMENTS // (rows * self._projection.weight.size(0)))
         probe = {k: v for k, v in inputs.items() if k != "labels"}
-        probe.update(logits_to_keep=self._positions[:count], output_hidden_states=True)
+        probe["logits_to_keep"] = self._positions[:count]
         training = module.training
         module.eval()
+        self._catching = True
         try:
-            outputs = module(**probe)
+            logits = module(**probe)["logits"]
+            hidden, self._last_hidden = self._last_hidden, None
         finally:
+            self._catching = False
             module.train(training)
-        return self._logits_are_projected(outputs["hidden_states"][-1], outputs["logits"], self._positions[:count])
+        return hidden is not None and self._logits_are_projected(hidden, logits, self._positions[:count])
 
     @torch.no_grad()
     def _logits_are_projected(self, hidden: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor) -> bool:
@@ -143,12 +161,16 @@ class EmberTrainer(Trainer):
                     self._chunked = self._probe(model, inputs)
                 if self._chunked:
                     self._step_mode = "chunked"
-                    inputs["output_hidden_states"] = True
                     inputs["logits_to_keep"] = self._positions[:0]  # no logits: the loss projects the hidden states
         if model.training:
             mask = inputs.get("attention_mask")
             self._tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        self._catching = self._step_mode == "chunked"
+        try:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        finally:
+            self._catching, self._last_hidden = False, None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)

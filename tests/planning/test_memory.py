@@ -39,10 +39,9 @@ def test_lora_on_a_gpu_part_by_part(tiny_cfg):
            + 2 * 30 * 64)  # and the gradient of the 30 trained rows' bf16 hidden states
     copies1 = 2 * 4 * (2 * 64 + 2 * 96 + 64 + 64 + 3 * 192)  # layer 1: bf16 copies of both LoRA matrices
     copies = copies1 + 2 * 4 * (64 + 32 + 32 + 2 * 64 + 3 * 192)  # layer 0: q, k, v's lora_A is not needed
-    # the chunked loss: the 30 gathered rows, one chunk (all 30 rows) of bf16 logits then fp32 and the bf16
-    # gradient, and the hidden states the model returns that backward does not keep: both layers' bf16 inputs
-    # (their norms keep fp32 copies) and the frozen final norm's output
-    logits = 2 * 30 * 64 + (4 + 2) * 30 * 320 + 3 * 2 * T * 64
+    # the chunked loss: the 30 gathered rows of the bf16 last hidden state, then one chunk (all 30 rows) of bf16
+    # logits and their fp32 copy, and the bf16 gradient (more than the 32 × 64 bf16 state they were gathered from)
+    logits = 2 * 30 * 64 + (4 + 2) * 30 * 320
     assert result.memory.parts == {
         "weights": 2 * BASE,
         "trainable": 4 * LORA,

@@ -33,8 +33,8 @@ def saved_bytes(model, inputs: dict[str, torch.Tensor], autocast: bool, chunked:
     """Bytes of the distinct tensors (by storage) that autograd saves during the forward and the loss, parameters
     excluded: what the planner's `saved + autocast_copies` plus the loss's saved log-softmax must equal. A packed
     row runs as `ember train` runs it: sample by sample where the model can (ember.models.segment_attention).
-    `chunked`: the loss is Ember's chunked one (EmberTrainer's "chunked" steps: no logits, the last hidden state
-    projected by the loss), which keeps no log-softmax."""
+    `chunked`: the loss is Ember's chunked one (EmberTrainer's "chunked" steps: no logits, the decoder's last
+    hidden state projected by the loss), which keeps no log-softmax."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -52,8 +52,11 @@ def saved_bytes(model, inputs: dict[str, torch.Tensor], autocast: bool, chunked:
     segments = segment_attention(model) if packed else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), context, segments:
         if chunked:
-            out = model(**inputs, logits_to_keep=positions[:0], output_hidden_states=True, use_cache=False)
-            rows, targets, scale = trained_rows(out.hidden_states[-1], labels, None, None)
+            caught = []
+            hook = model.get_decoder().register_forward_hook(lambda module, args, output: caught.append(output[0]))
+            model(**inputs, logits_to_keep=positions[:0], use_cache=False)
+            hook.remove()
+            rows, targets, scale = trained_rows(caught[0], labels, None, None)
             head = model.get_output_embeddings().weight
             dtype = torch.bfloat16 if autocast else head.dtype
             if not head.requires_grad and head.dtype != dtype:

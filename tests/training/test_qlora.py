@@ -123,3 +123,29 @@ def test_8bit_lora_starts_from_the_bitsandbytes_loss_and_trains(tiny_run_config,
     step = grads.steps[1]
     assert len(step) == 2 * 7 * 2 and all("lora_" in n and g.abs().sum() > 0 for n, g in step.items())
     assert all(t.abs().sum() > 0 for n, t in saved_tensors(result.output_dir).items() if "lora_B" in n)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_a_quantized_load_does_not_keep_the_checkpoint_mapped(tiny_model_config, tmp_path):
+    """transformers memory-maps the checkpoint and leaves the unquantized weights (embeddings, norms) as views of
+    it, which would keep every page that quantizing read resident; the loader copies them, and the file is no
+    longer mapped once the model is loaded, while the weights are those of the checkpoint."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM
+
+    from ember.models.adapters import quantization_config
+    from ember.models.loading import load_model, load_tokenizer
+
+    source = load_model(tiny_model_config, vocab_size=len(load_tokenizer(tiny_model_config)))
+    source.save_pretrained(tmp_path / "tiny")
+    local = dataclasses.replace(tiny_model_config, name_or_path=str(tmp_path / "tiny"), random_init=False,
+                                config_overrides={})
+    model = load_model(local, quantization_config=quantization_config(MethodConfig(type="qlora"), torch.float32))
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        assert not [line for line in maps if str(tmp_path) in line]
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny")  # mapped, as transformers loads it
+    assert torch.equal(model.get_input_embeddings().weight, saved.get_input_embeddings().weight)
+    assert torch.equal(model.model.norm.weight, saved.model.norm.weight)
+    with open("/proc/self/maps", encoding="utf-8") as maps:  # the check can see a mapping
+        assert [line for line in maps if str(tmp_path) in line]
