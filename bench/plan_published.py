@@ -64,17 +64,18 @@ def config(dims: dict, *overrides: str):
 _SHAPES: dict = {}
 
 
-def gpu_plan(cfg, devices: int = 1, memory_gib: float = 80.0):
-    """Plan on `devices` GPUs; the described model is reused across lengths and batches (it depends on neither)."""
+def gpu_plan(cfg, devices: int = 1, memory_gib: float = 80.0, chunked_loss: bool | None = False):
+    """Plan on `devices` GPUs; the described model is reused across lengths and batches (it depends on neither).
+    The published runs took their loss from the model's logits (transformers' Trainer), so that is planned unless
+    `chunked_loss` is None (the loss `ember train` takes: Ember's chunked one)."""
     from ember.planning import Target, plan
     from ember.planning.architecture import describe
 
     key = (repr(cfg.model), repr(cfg.method))
     if key not in _SHAPES:
         _SHAPES[key] = describe(cfg, gpu=True)
-    # the published runs took their loss from the model's logits (transformers' Trainer), not Ember's chunked loss
     return plan(cfg, Target(True, devices, int(memory_gib * GIB)), suggest=False, shape=_SHAPES[key],
-                chunked_loss=False)
+                chunked_loss=chunked_loss)
 
 
 def main() -> None:
@@ -133,6 +134,20 @@ def main() -> None:
     lines += ["", f"QLoRA paper: LLaMA-65B, nf4 + LoRA r64 on every linear layer, paged AdamW, batch 1 x 512, "
                   f"gradient checkpointing on one 48 GB GPU: planned {result.memory.peak / GIB:.1f} GiB -> "
                   f"{'fits' if result.fits else 'does NOT fit'} (published: fits)"]
+    own = gpu_plan(cfg, memory_gib=48, chunked_loss=None)
+    lines += ["", "The same settings as `ember train` runs them (its chunked loss: no [tokens x vocabulary] logits):",
+              f"QLoRA paper's LLaMA-65B: {own.memory.peak / GIB:.1f} GiB -> {'fits' if own.fits else 'does NOT fit'}"]
+    for model, dims in (("Qwen-7B", QWEN_7B), ("Qwen-14B", QWEN_14B)):
+        cells = []
+        for length in LENGTHS:
+            cfg = config(dims, "model.attn_implementation=flash_attention_2", "model.dtype=bfloat16",
+                         "method.rank=64", "method.alpha=16", "method.dropout=0.05", "train.bf16=true",
+                         "train.per_device_train_batch_size=1", "train.gradient_accumulation_steps=8",
+                         "train.gradient_checkpointing=true", f"data.max_length={length}", *QWEN_METHODS["LoRA"])
+            logits, chunked = (gpu_plan(cfg, chunked_loss=c).memory.peak / GIB for c in (False, None))
+            cells.append(f"{logits:5.1f}->{chunked:5.1f}")
+        lines.append(f"{model} LoRA, logits loss -> chunked (GiB): " + " ".join(
+            f"{n}: {c}" for n, c in zip(LENGTHS, cells, strict=True)))
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")

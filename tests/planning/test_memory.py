@@ -95,6 +95,13 @@ def test_the_loss_is_planned_as_the_trainer_takes_it(tiny_cfg):
     assert plan(cfg, GPU, zero=ZeRO(3)).memory.activations.logits == 12 * 30 * 320
 
 
+def test_the_planner_chunks_the_loss_as_training_does():
+    from ember.planning import activations
+    from ember.training import chunked_loss
+
+    assert activations.CHUNK_ELEMENTS == chunked_loss.CHUNK_ELEMENTS
+
+
 def test_the_planner_packs_the_stages_that_training_packs_by_default():
     from ember.config.validate import PREFERENCE_STAGES
     from ember.training.stages import STAGES
