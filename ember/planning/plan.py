@@ -105,6 +105,10 @@ def plan(cfg: EmberConfig, target: Target, suggest: bool = True, zero: Optional[
         result.notes.append("this counts live memory: with glibc's default allocator freed heap memory stays with "
                             "the process and peak RSS ran 0.1-2.6 GiB higher in docs/training.md's validation (most "
                             "with QLoRA); start with MALLOC_MMAP_THRESHOLD_=65536 to give it back at once")
+    if not target.gpu and cfg.method.type == "qlora":
+        result.notes.append("loading quantizes the full-precision checkpoint read through a memory map: its pages "
+                            "count in RSS while it loads, above this peak (page cache the kernel reclaims under "
+                            "pressure; SmolLM2 in docs/training.md's validation: 0.59 GiB at load, 0.41 training)")
     if suggest and not result.fits:
         result.searched = True
         result.suggestion = cheapest_fit(result)

@@ -126,3 +126,12 @@ def test_text_names_the_measure_and_every_part(tiny_cfg):
         assert f"    {name} " in text
     assert summary_line(result) == f"plan: {result.memory.peak / GIB:.2f} GiB peak per process on CPU, 8.0 GiB RAM: " \
                                    f"fits; up to 32 tokens per step"
+
+
+def test_a_qlora_plan_on_a_cpu_names_the_load_above_its_peak(tiny_cfg):
+    cpu = Target(gpu=False, devices=1, memory=8 * GIB)
+    on_cpu = [n for n in plan(tiny_cfg("method.type=qlora"), cpu, suggest=False).notes if "memory map" in n]
+    assert len(on_cpu) == 1 and "count in RSS while it loads" in on_cpu[0]
+    assert not [n for n in plan(tiny_cfg(), cpu, suggest=False).notes if "memory map" in n]  # LoRA keeps the map
+    assert not [n for n in plan(tiny_cfg("method.type=qlora"), gpu(80 * GIB), suggest=False).notes
+                if "memory map" in n]
