@@ -172,6 +172,14 @@ class EmberTrainer(Trainer):
         finally:
             self._catching, self._last_hidden = False, None
 
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # the model outlives the run (evaluation, export): it keeps no hook that points back here
+            if self._decoder_hook is not None:
+                self._decoder_hook.remove()
+                self._decoder_hook, self._projection = None, None
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._guard is not None:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
 
 from ember.training.chunked_loss import linear_cross_entropy, trained_rows
 
@@ -121,9 +122,15 @@ def test_a_training_run_uses_the_chunked_loss(tiny_run_config, monkeypatch):
         rows.append(hidden.shape[0])
         return original(hidden, *args, **kwargs)
 
+    class Decoder(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.decoder = model.get_decoder()
+
+    seen = Decoder()
     monkeypatch.setattr(trainer_module, "linear_cross_entropy", counting)  # a spy on our own module
-    train(tiny_run_config("train.max_steps=2"))
+    train(tiny_run_config("train.max_steps=2"), callbacks=[seen])
     assert len(rows) == 2 and all(n > 0 for n in rows)  # the first step (probed before it trains) and the next
+    assert not seen.decoder._forward_hooks  # the hook that caught the last hidden state went with the run
 
 
 def test_the_probe_computes_a_few_logits_without_gradients_or_random_numbers(tiny_run_config, monkeypatch):
