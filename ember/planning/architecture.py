@@ -248,7 +248,7 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
         attention="flash" if "flash" in (cfg.model.attn_implementation or "") else _attention_kind(config),
         notes=tuple(notes),
         segments="flash" not in (cfg.model.attn_implementation or "") and supports_segments(base),
-        projected_logits=_projected_logits(base, head),
+        projected_logits=_projected_logits(base),
     )
 
 
@@ -256,15 +256,15 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
-def _projected_logits(model, head) -> bool:
-    """What EmberTrainer's probe of the first batch finds from real logits, read off the meta model: a bias-free
-    nn.Linear output embedding (not an adapter layer), logits at chosen positions, and no final soft-cap or logit
-    scale in the config."""
-    from ember.models.forward import accepts_logits_to_keep
+def _projected_logits(model) -> bool:
+    """What EmberTrainer finds, read off the meta model: a head and decoder the chunked loss can use
+    (`projection_decoder`), logits at chosen positions, and, in place of the probe of real logits, no final
+    soft-cap or logit scale in the config."""
+    from ember.models.forward import accepts_logits_to_keep, projection_decoder
 
     configs = {id(c): c for c in (model.config, model.config.get_text_config())}.values()
     transformed = any(getattr(c, key, None) not in (None, 0, 1) for c in configs for key in _LOGIT_TRANSFORMS)
-    return type(head) is torch.nn.Linear and head.bias is None and accepts_logits_to_keep(model) and not transformed
+    return projection_decoder(model) is not None and accepts_logits_to_keep(model) and not transformed
 
 
 def _trains(module: torch.nn.Module) -> bool:

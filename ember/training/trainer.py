@@ -15,7 +15,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ember.core.artifacts import write_metadata
 from ember.errors import TrainingStopped
-from ember.models.forward import accepts_logits_to_keep, base_model
+from ember.models.forward import accepts_logits_to_keep, projection_decoder
 from ember.training import checkpoints
 from ember.training.guard import DivergenceGuard
 from ember.training.chunked_loss import CHECK_ELEMENTS, CHUNK_ELEMENTS, linear_cross_entropy, trained_rows
@@ -82,9 +82,8 @@ class EmberTrainer(Trainer):
             weight = getattr(projection, "weight", None)
             whole = weight is not None and type(weight.data) is torch.Tensor and weight.numel() > 0 \
                 and not hasattr(weight, "ds_id")
-            decoder = getattr(base_model(unwrapped), "get_decoder", lambda: None)()
-            if not (type(projection) is torch.nn.Linear and projection.bias is None and whole) \
-                    or not isinstance(decoder, torch.nn.Module) or decoder is base_model(unwrapped):
+            decoder = projection_decoder(unwrapped)
+            if decoder is None or not whole:
                 self._chunked = False
                 return False
             self._projection = projection
