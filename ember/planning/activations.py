@@ -290,9 +290,10 @@ def _model_level(shape: ModelShape, batch: Batch, prec: Precision, region: bool,
         if shape.lm_head_trainable:
             led.new("LM head input", (2 if prec.autocast and r == 4 else r) * kept)
     if prec.autocast and head_bytes == 4:
-        # the head's 16-bit copy that autocast makes and backward keeps (the model calls its head with the chunked
-        # loss too, on no rows); with the chunked loss a frozen head has a second, cast once per run for the loss
-        # (EmberTrainer._projection_weight)
+        # the head's 16-bit copy that autocast makes and backward keeps (with the chunked loss the model calls its
+        # head on no rows, and that copy lives as long as the outputs, through the loss: counted here, a little
+        # high for the start of backward); with the chunked loss a frozen head has a second, cast once per run for
+        # the loss (EmberTrainer._projection_weight)
         frozen_cast = chunked_loss and not shape.lm_head_trainable
         led.copies += (2 if frozen_cast else 1) * 2 * shape.vocab * h
     return led

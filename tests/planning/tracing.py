@@ -54,7 +54,9 @@ def saved_bytes(model, inputs: dict[str, torch.Tensor], autocast: bool, chunked:
         if chunked:
             caught = []
             hook = model.get_decoder().register_forward_hook(lambda module, args, output: caught.append(output[0]))
-            model(**inputs, logits_to_keep=positions[:0], use_cache=False)
+            # the outputs live through the loss, as in the trainer: the head, called on no rows, keeps autocast's
+            # copy of its weight until then (freed at once, its storage could be reused and counted as another)
+            out = model(**inputs, logits_to_keep=positions[:0], use_cache=False)
             hook.remove()
             rows, targets, scale = trained_rows(caught[0], labels, None, None)
             head = model.get_output_embeddings().weight
