@@ -22,7 +22,7 @@ rules against the tensors autograd really saves (`torch.autograd.graph.saved_ten
     applied to the last hidden state and that embedding is whole on the device): no logits. The loss gathers the
     trained rows of the decoder's last hidden state, computes their gradient (and the head's, fp32, when it
     trains) chunk by chunk, and keeps those for backward; at its peak one chunk's fp32 logits and their gradient
-    exist.
+    exist, or for a frozen fp32 head on a CPU (its online path) one block of 1024 rows by 1024 columns.
   - Otherwise logits only at trained positions (`logits_to_keep`), upcast to fp32 by the loss: log-softmax keeps
     its fp32 output, and its backward holds two more fp32 tensors of that size (12 bytes each).
 """
@@ -35,9 +35,11 @@ from typing import Optional
 
 from ember.planning.architecture import Layer, Linear, ModelShape
 
-# the logits per chunk of ember.training.chunked_loss (the planner cannot import training, a higher
-# layer; tests/planning/test_memory.py checks that the two agree)
+# the logits per chunk of ember.training.chunked_loss, and its online path's block of rows and vocabulary columns (the
+# planner cannot import training, a higher layer; tests/planning/test_memory.py checks that they agree)
 CHUNK_ELEMENTS = 1 << 23
+BLOCK_ROWS = 1024
+BLOCK_VOCAB = 1024
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,15 @@ def _chunked_loss_peak(shape: ModelShape, batch: Batch, prec: Precision) -> int:
     compute dtype, the chunk's rows cast to it; with a trained head, its weight cast to the compute dtype and each
     chunk's contribution to its gradient (then upcast)."""
     c, r, h, v = prec.compute_bytes, prec.residual_bytes, shape.hidden, shape.vocab
-    rows = min(batch.logit_positions, max(1, CHUNK_ELEMENTS // v))
     last_hidden = 0 if shape.final_norm_trainable else r * batch.tokens * h
+    head_bytes = prec.weight_bytes or shape.lm_head_weight_bytes
+    if not prec.cuda and not prec.autocast and c == r == head_bytes == 4 and not shape.lm_head_trainable:
+        # the online path (a frozen fp32 head on a CPU): one block of fp32 logits, the block's rows' accumulator, and
+        # at the end the targets' embeddings and their scaled copy
+        rows = min(batch.logit_positions, BLOCK_ROWS)
+        work = 4 * rows * min(v, BLOCK_VOCAB) + 3 * 4 * rows * h
+        return r * batch.logit_positions * h + max(last_hidden, work)
+    rows = min(batch.logit_positions, max(1, CHUNK_ELEMENTS // v))
     work = (4 + c) * rows * v + (c * rows * h if c != r else 0)
     if shape.lm_head_trainable:
         head = prec.weight_bytes or shape.lm_head_weight_bytes

@@ -100,6 +100,7 @@ def test_the_planner_chunks_the_loss_as_training_does():
     from ember.training import chunked_loss
 
     assert activations.CHUNK_ELEMENTS == chunked_loss.CHUNK_ELEMENTS
+    assert (activations.BLOCK_ROWS, activations.BLOCK_VOCAB) == (chunked_loss.BLOCK_ROWS, chunked_loss.BLOCK_VOCAB)
 
 
 def test_the_planner_packs_the_stages_that_training_packs_by_default():

@@ -53,6 +53,58 @@ def test_a_frozen_weight_gets_no_gradient_and_bf16_matches_autocast():
     assert torch.allclose(hidden.grad, expected, rtol=1e-2, atol=1e-4)  # bf16 gradient casts, as autocast's
 
 
+@pytest.mark.parametrize("rows, columns", [(0, 0), (4, 7), (3, 40), (11, 1), (1, 13), (64, 39)])
+def test_a_frozen_fp32_head_on_a_cpu_goes_block_by_block_and_equals_the_logits_path(rows, columns, monkeypatch):
+    """The online path: whatever the blocks (one column at a time, ragged last blocks, one block for everything), the
+    loss and the rows' gradient are the logits path's; logits spread wide, so later blocks raise the running maxima."""
+    from ember.training import chunked_loss
+
+    hidden, weight, targets, scale = _case(2)
+    targets[:3] = torch.tensor([0, 39, 13])  # the first and last columns, and the first of a second 13-wide block
+    hidden = (8 * hidden).detach().requires_grad_()
+    weight = weight.detach()
+    reference = (F.cross_entropy(hidden @ weight.T, targets, reduction="none") * scale).sum()
+    reference.backward()
+    expected = hidden.grad.clone()
+    blocks = []
+    online = chunked_loss._online_cross_entropy
+    monkeypatch.setattr(chunked_loss, "_online_cross_entropy",
+                        lambda *args: blocks.append(args[-2:]) or online(*args))  # a spy on our own module
+    hidden32 = hidden.detach().float().requires_grad_()
+    loss = linear_cross_entropy(hidden32, weight.float(), targets, scale.float(), torch.float32, rows, columns)
+    (2.0 * loss).backward()
+    assert blocks == [(rows or chunked_loss.BLOCK_ROWS, columns or chunked_loss.BLOCK_VOCAB)]
+    assert loss.dtype == torch.float32
+    assert torch.allclose(loss.double(), reference.detach(), rtol=1e-6, atol=0)
+    assert torch.allclose(hidden32.grad.double(), 2 * expected, rtol=1e-5, atol=1e-7)
+
+
+def test_the_online_path_is_for_frozen_fp32_heads_on_a_cpu():
+    from ember.training.chunked_loss import _online
+
+    hidden, weight = torch.zeros(2, 4), torch.zeros(8, 4)
+    assert _online(hidden, weight, torch.float32)
+    assert not _online(hidden, weight.requires_grad_(), torch.float32)  # the head's gradient needs whole rows
+    assert not _online(hidden, torch.zeros(8, 4), torch.bfloat16)  # half precision keeps the chunk path
+    assert not _online(hidden.double(), torch.zeros(8, 4).double(), torch.float64)
+    with pytest.raises(ValueError, match="frozen float32 head"):
+        linear_cross_entropy(hidden, weight, torch.zeros(2, dtype=torch.long), torch.ones(2), torch.float32, online=True)
+
+
+def test_both_paths_give_one_loss_for_a_frozen_fp32_head():
+    hidden, weight, targets, scale = _case(3)
+    hidden, weight, scale = hidden.detach().float().requires_grad_(), weight.detach().float(), scale.float()
+    results = []
+    for online in (True, False):
+        hidden.grad = None
+        loss = linear_cross_entropy(hidden, weight, targets, scale, torch.float32, 4, 6 if online else 0, online)
+        loss.backward()
+        results.append((loss.detach(), hidden.grad.clone()))
+    (online_loss, online_grad), (chunk_loss, chunk_grad) = results
+    assert torch.allclose(online_loss, chunk_loss, rtol=1e-6, atol=0)
+    assert torch.allclose(online_grad, chunk_grad, rtol=1e-5, atol=1e-6)  # fp32: ~1e-7 of the largest entries
+
+
 def test_trained_rows_pick_the_targets_weights_and_step_count():
     hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
     labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, -100, -100]])
