@@ -103,7 +103,7 @@ def plan(cfg: EmberConfig, target: Target, suggest: bool = True, zero: Optional[
     result = Plan(cfg, target, shape, zero, memory, _precision_label(cfg, shape, target, zero))
     if not target.gpu:
         result.notes.append("this counts live memory: with glibc's default allocator freed heap memory stays with "
-                            "the process and peak RSS ran 0.3-1.8 GiB higher in docs/training.md's validation (most "
+                            "the process and peak RSS ran 0.2-1.7 GiB higher in docs/training.md's validation (most "
                             "with QLoRA); start with MALLOC_MMAP_THRESHOLD_=65536 to give it back at once")
     if not target.gpu and cfg.method.type == "qlora":
         result.notes.append("loading quantizes the full-precision checkpoint read through a memory map: its pages "

@@ -11,11 +11,12 @@ gradient cast back to that dtype before it meets the weight, as autocast's backw
 On a CPU in float32 a frozen head (LoRA, the default) goes further: each chunk of rows meets the vocabulary a block
 of columns at a time, and the block's logits are max-shifted, exponentiated, summed and multiplied back into the
 rows' gradient while they are still in cache, the running maximum rescaling what came before (the online softmax of
-flash attention). No chunk-wide logits are ever written: a [1024 x 49152] fp32 chunk is 200 MB, past any cache, and
-the vocabulary projection written there ran at about half the CPU's matrix-multiply rate (profiled: 14% of a
-SmolLM2 LoRA step; 1.5x quicker blocked, bench/results/train_vs_peers.txt). The loss is the same sum; the rows'
-gradient agrees with the logits path's to float32 rounding (the exponentials are summed block by block). Half
-precision keeps the chunk path: its blocks' gradients would each be rounded to bf16 before they are summed.
+flash attention). No chunk-wide logits are ever written: the chunk path's 170 x 49152 fp32 logits are 33 MB, past
+the cache, and read back for every pass; its projection ran at about 65 GFLOP/s where the model's matrix multiplies
+reach 165 (profiled: 14% of a SmolLM2 LoRA step). Blocked, the loss runs 1.4-1.6x quicker for SmolLM2's head and 2x
+for a 152k vocabulary (bench/results/loss_blocks.txt). The loss is the same sum; the rows' gradient agrees with the
+logits path's to float32 rounding (the exponentials are summed block by block). Half precision keeps the chunk
+path: its blocks' gradients would each be rounded to bf16 before they are summed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ CHUNK_ELEMENTS = 1 << 23  # logits per chunk: 32 MB in fp32 (170 rows of SmolLM2
 # projection this loss computes (EmberTrainer._probe): 4 MB in fp32
 CHECK_ELEMENTS = 1 << 20
 # the online path's block: up to 1024 rows against 1024 vocabulary columns, 4 MB of fp32 logits, inside a server
-# CPU's L3 (measured on a 32 MB L3: 1.4-1.7x the chunk path's rate at 256-2048 x 512-2048 blocks; noise beyond that)
+# CPU's L3 (on a 32 MB L3, blocks from 256 to 1400 rows by 512 to 2048 columns all ran 1.4-1.7x the chunk path's rate,
+# within the machine's noise of each other)
 BLOCK_ROWS = 1024
 BLOCK_VOCAB = 1024
 
