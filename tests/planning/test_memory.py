@@ -167,3 +167,22 @@ def test_read_zero_understands_the_shipped_configs():
     assert read_zero("examples/deepspeed/zero2.json") == ZeRO(2, source="examples/deepspeed/zero2.json")
     assert read_zero("examples/deepspeed/zero3.json").stage == 3
     assert read_zero(None) is None
+
+
+def test_a_frozen_fp32_head_on_a_cpu_is_planned_a_block_at_a_time(tiny_cfg):
+    """fp32 on a CPU: LoRA's frozen head takes the loss's online path (ember.training.chunked_loss), one block of 30
+    rows x the whole 320-column vocabulary of fp32 logits, the rows' accumulator, the targets' embeddings and their
+    scaled copy; full tuning's trained head keeps the chunk path (fp32 logits and their gradient, and one
+    chunk's contribution to the head's gradient). Both beside the 30 trained rows gathered from the last hidden state."""
+    from ember.training.chunked_loss import _online
+
+    cpu = Target(gpu=False, devices=1, memory=64 * GIB)
+    rows = 4 * 30 * 64
+    lora = plan(tiny_cfg("train.bf16=false", "data.packing=false"), cpu)
+    assert lora.memory.activations.logits == rows + 4 * 30 * 320 + 3 * 4 * 30 * 64
+    full = plan(tiny_cfg("train.bf16=false", "data.packing=false", "method.type=full"), cpu)
+    assert full.memory.activations.logits == rows + 8 * 30 * 320 + 4 * 320 * 64
+    # the trainer decides the same way for these heads
+    import torch
+    hidden, head = torch.zeros(30, 64), torch.zeros(320, 64)
+    assert _online(hidden, head, torch.float32) and not _online(hidden, head.requires_grad_(), torch.float32)
