@@ -174,6 +174,8 @@ def test_a_frozen_fp32_head_on_a_cpu_is_planned_a_block_at_a_time(tiny_cfg):
     rows x the whole 320-column vocabulary of fp32 logits, the rows' accumulator, the targets' embeddings and their
     scaled copy; full tuning's trained head keeps the chunk path (fp32 logits and their gradient, and one
     chunk's contribution to the head's gradient). Both beside the 30 trained rows gathered from the last hidden state."""
+    import torch
+
     from ember.training.chunked_loss import _online
 
     cpu = Target(gpu=False, devices=1, memory=64 * GIB)
@@ -183,6 +185,5 @@ def test_a_frozen_fp32_head_on_a_cpu_is_planned_a_block_at_a_time(tiny_cfg):
     full = plan(tiny_cfg("train.bf16=false", "data.packing=false", "method.type=full"), cpu)
     assert full.memory.activations.logits == rows + 8 * 30 * 320 + 4 * 320 * 64
     # the trainer decides the same way for these heads
-    import torch
     hidden, head = torch.zeros(30, 64), torch.zeros(320, 64)
     assert _online(hidden, head, torch.float32) and not _online(hidden, head.requires_grad_(), torch.float32)
