@@ -101,6 +101,8 @@ def test_both_paths_give_one_loss_for_a_frozen_fp32_head():
         loss.backward()
         results.append((loss.detach(), hidden.grad.clone()))
     (online_loss, online_grad), (chunk_loss, chunk_grad) = results
+    with torch.no_grad():  # evaluation: the loss alone, without the gradient's products
+        assert torch.equal(linear_cross_entropy(hidden, weight, targets, scale, torch.float32, 4, 6), online_loss)
     assert torch.allclose(online_loss, chunk_loss, rtol=1e-6, atol=0)
     assert torch.allclose(online_grad, chunk_grad, rtol=1e-5, atol=1e-6)  # fp32: ~1e-7 of the largest entries
 
