@@ -39,44 +39,11 @@ BLOCK_VOCAB = 1024
 class _ProjectedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, scale, dtype, chunk, vocab_block):  # noqa: D102 - see linear_cross_entropy
-        if vocab_block:  # the online path
+        if vocab_block:
             total, grad_hidden = _online_cross_entropy(hidden, weight, targets, scale, chunk, vocab_block)
-            ctx.save_for_backward(*(g for g in (grad_hidden,) if g is not None))
-            ctx.has = (grad_hidden is not None, False)
-            ctx.weight_dtype = weight.dtype
-            return total
-        w = weight.to(dtype)
-        softmax_dtype = torch.promote_types(dtype, torch.float32)  # fp32 (fp64 when asked for it)
-        scale = scale.to(softmax_dtype)
-        total = torch.zeros((), dtype=softmax_dtype, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if hidden.requires_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=softmax_dtype, device=weight.device) \
-            if weight.requires_grad else None
-        for start in range(0, hidden.size(0), chunk):
-            h = hidden[start:start + chunk].to(dtype)
-            t, s = targets[start:start + chunk], scale[start:start + chunk]
-            rows = torch.arange(t.numel(), device=t.device)
-            # log-sum-exp by hand, each pass over the chunk doing as much as it can (torch.logsumexp makes five
-            # passes on a CPU): the max of the logits as computed, their upcast and shift in one pass, the softmax
-            # numerators left in place for the gradient
-            raw = h @ w.T
-            logits = torch.sub(raw, raw.amax(dim=-1, keepdim=True).to(softmax_dtype))  # a softmax_dtype result
-            del raw
-            picked = logits.gather(1, t[:, None]).squeeze(1)
-            numerators = logits.exp_()
-            sums = numerators.sum(dim=-1)
-            total += ((sums.log() - picked) * s).sum()
-            # d loss / d logits = (softmax - one_hot) * scale, computed in softmax_dtype and rounded once to `dtype`
-            factor = (s / sums)[:, None]
-            at_targets = numerators[rows, t] * factor[:, 0] - s
-            grad = torch.mul(numerators, factor, out=torch.empty(numerators.shape, dtype=dtype, device=h.device))
-            grad[rows, t] = at_targets.to(dtype)
-            if grad_hidden is not None:
-                grad_hidden[start:start + chunk] = grad @ w
-            if grad_weight is not None:
-                grad_weight += (grad.T @ h).to(softmax_dtype)
-            # freed before the next chunk's logits exist: at most one chunk's fp32 logits and its gradient at a time
-            del logits, numerators, grad
+            grad_weight = None
+        else:
+            total, grad_hidden, grad_weight = _chunked_cross_entropy(hidden, weight, targets, scale, dtype, chunk)
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
         ctx.has = (grad_hidden is not None, grad_weight is not None)
         ctx.weight_dtype = weight.dtype
@@ -88,6 +55,45 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         grad_hidden = next(saved) * grad_output if ctx.has[0] else None
         grad_weight = (next(saved) * grad_output).to(ctx.weight_dtype) if ctx.has[1] else None
         return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def _chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor,
+                           dtype: torch.dtype, chunk: int
+                           ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The loss, the rows' gradient and the head's (None where not needed), `chunk` rows of whole logits at a time."""
+    w = weight.to(dtype)
+    softmax_dtype = torch.promote_types(dtype, torch.float32)  # fp32 (fp64 when asked for it)
+    scale = scale.to(softmax_dtype)
+    total = torch.zeros((), dtype=softmax_dtype, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if hidden.requires_grad else None
+    grad_weight = torch.zeros(weight.shape, dtype=softmax_dtype, device=weight.device) \
+        if weight.requires_grad else None
+    for start in range(0, hidden.size(0), chunk):
+        h = hidden[start:start + chunk].to(dtype)
+        t, s = targets[start:start + chunk], scale[start:start + chunk]
+        rows = torch.arange(t.numel(), device=t.device)
+        # log-sum-exp by hand, each pass over the chunk doing as much as it can (torch.logsumexp makes five
+        # passes on a CPU): the max of the logits as computed, their upcast and shift in one pass, the softmax
+        # numerators left in place for the gradient
+        raw = h @ w.T
+        logits = torch.sub(raw, raw.amax(dim=-1, keepdim=True).to(softmax_dtype))  # a softmax_dtype result
+        del raw
+        picked = logits.gather(1, t[:, None]).squeeze(1)
+        numerators = logits.exp_()
+        sums = numerators.sum(dim=-1)
+        total += ((sums.log() - picked) * s).sum()
+        # d loss / d logits = (softmax - one_hot) * scale, computed in softmax_dtype and rounded once to `dtype`
+        factor = (s / sums)[:, None]
+        at_targets = numerators[rows, t] * factor[:, 0] - s
+        grad = torch.mul(numerators, factor, out=torch.empty(numerators.shape, dtype=dtype, device=h.device))
+        grad[rows, t] = at_targets.to(dtype)
+        if grad_hidden is not None:
+            grad_hidden[start:start + chunk] = grad @ w
+        if grad_weight is not None:
+            grad_weight += (grad.T @ h).to(softmax_dtype)
+        # freed before the next chunk's logits exist: at most one chunk's fp32 logits and its gradient at a time
+        del logits, numerators, grad
+    return total, grad_hidden, grad_weight
 
 
 def _online(hidden: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
