@@ -23,6 +23,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from common import finish_table
+
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 
 
@@ -75,12 +77,7 @@ def main() -> None:
             fp32.append(one_pass(length, True, iterations))
         lines.append(f"{length:>6}  {min(bf16) * 1e3:>16.2f}  {min(fp32) * 1e3:>10.2f}  {min(bf16) / min(fp32):>13.2f}x  "
                      f"{os.getloadavg()[0]:.2f}")
-    lines.append(f"# load average at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    finish_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -16,3 +16,12 @@ def shared_data() -> Path:
     if not (path / "README.md").is_file():
         sys.exit(f"shared data not found at {path} (set EMBER_SHARED_DATA)")
     return path
+
+
+def finish_table(lines: list[str], out: str | None) -> None:
+    """Close a bench's table with the load average at its end, print it, and write it to `out` when given."""
+    lines.append(f"# load average at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if out:
+        Path(out).write_text(text)

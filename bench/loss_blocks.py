@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from common import finish_table
 from ember.training.chunked_loss import linear_cross_entropy
 
 SHAPES = {"SmolLM2-135M": (49152, 576), "Qwen2.5-0.5B": (151936, 896)}
@@ -80,12 +81,7 @@ def main() -> None:
                          f"{flops / online / 1e9:>7.1f}  {chunk / online:>13.2f}x  "
                          f"{abs(losses[True] - losses[False]) / losses[False]:>9.1e}  {os.getloadavg()[0]:.2f}")
             print(lines[-1], flush=True)
-    lines.append(f"# load average at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    finish_table(lines, args.out)
 
 
 if __name__ == "__main__":
