@@ -159,21 +159,20 @@ def _chunked_loss_peak(shape: ModelShape, batch: Batch, prec: Precision) -> int:
     decoder's last hidden state (which lives until they are, unless the final norm keeps it anyway), then one
     chunk's logits (as computed, then fp32; the first freed before the gradient is made) and their gradient in the
     compute dtype, the chunk's rows cast to it; with a trained head, its weight cast to the compute dtype and each
-    chunk's contribution to its gradient (then upcast)."""
+    chunk's contribution to its gradient (then upcast). A frozen fp32 head on a CPU takes the online path instead:
+    one block of fp32 logits, the block's rows' accumulator, and at the end the targets' embeddings and their scaled
+    copy."""
     c, r, h, v = prec.compute_bytes, prec.residual_bytes, shape.hidden, shape.vocab
     last_hidden = 0 if shape.final_norm_trainable else r * batch.tokens * h
     head_bytes = prec.weight_bytes or shape.lm_head_weight_bytes
     if not prec.cuda and not prec.autocast and c == r == head_bytes == 4 and not shape.lm_head_trainable:
-        # the online path (a frozen fp32 head on a CPU): one block of fp32 logits, the block's rows' accumulator, and
-        # at the end the targets' embeddings and their scaled copy
         rows = min(batch.logit_positions, BLOCK_ROWS)
         work = 4 * rows * min(v, BLOCK_VOCAB) + 3 * 4 * rows * h
-        return r * batch.logit_positions * h + max(last_hidden, work)
-    rows = min(batch.logit_positions, max(1, CHUNK_ELEMENTS // v))
-    work = (4 + c) * rows * v + (c * rows * h if c != r else 0)
-    if shape.lm_head_trainable:
-        head = prec.weight_bytes or shape.lm_head_weight_bytes
-        work += (c * v * h if c != head else 0) + c * v * h + (4 * v * h if c != 4 else 0)
+    else:
+        rows = min(batch.logit_positions, max(1, CHUNK_ELEMENTS // v))
+        work = (4 + c) * rows * v + (c * rows * h if c != r else 0)
+        if shape.lm_head_trainable:
+            work += (c * v * h if c != head_bytes else 0) + c * v * h + (4 * v * h if c != 4 else 0)
     return r * batch.logit_positions * h + max(last_hidden, work)
 
 
