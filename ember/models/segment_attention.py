@@ -98,13 +98,30 @@ def _register() -> None:
         AttentionInterface.register(SEGMENTS, segment_sdpa)
 
 
+def _text_attention_interface(model: torch.nn.Module) -> bool:
+    """A text model whose layers call transformers' attention interface (and pass it `position_ids`)."""
+    config = getattr(model, "config", None)
+    return (getattr(model, "_supports_attention_backend", False) and config is not None
+            and not hasattr(config, "vision_config"))
+
+
 def supports_segments(model: torch.nn.Module) -> bool:
     """Whether the model runs its attention through transformers' attention interface with SDPA (the models whose
     layers pass `position_ids` on to it); others keep transformers' own handling of packed rows."""
-    config = getattr(model, "config", None)
-    return (getattr(model, "_supports_attention_backend", False) and config is not None
-            and getattr(config, "_attn_implementation", None) == "sdpa"
-            and not hasattr(config, "vision_config"))
+    return (_text_attention_interface(model)
+            and getattr(model.config, "_attn_implementation", None) == "sdpa")
+
+
+def packs_without_mask(model: torch.nn.Module, attn_implementation: Optional[str] = None) -> bool:
+    """Whether a padding-free row keeps its samples apart with no block-diagonal mask, so that packing only saves
+    work: SDPA attends sample by sample here (`supports_segments`), and transformers' flash-attention kernels
+    (`flash_attention_2`, `flash_attention_3`, hub flash kernels) find the samples in `position_ids` themselves
+    (their variable-length path, the one transformers' `DataCollatorWithFlattening` feeds). Eager attention, and
+    models outside the attention interface, would need the mask. `attn_implementation` stands in for the model's
+    own (the planner's meta model runs SDPA where flash attention is asked for)."""
+    implementation = attn_implementation or getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    flash = "flash" in implementation and not implementation.startswith("paged")  # paged: generation's cache only
+    return (flash or implementation == "sdpa") and _text_attention_interface(model)
 
 
 @contextlib.contextmanager

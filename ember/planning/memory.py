@@ -136,11 +136,11 @@ def precision(cfg: EmberConfig, shape: ModelShape, target: Target, zero: Optiona
 def packs(cfg: EmberConfig, shape: ModelShape) -> bool:
     """Whether `ember train` packs this run's micro-batches: `data.packing`, and for null what the run decides
     (ember.training.run._packing): the stage allows it (every stage but the preference ones, whose
-    `Stage.packs_by_default` says no; image batches are padded, and an image-text model has no `segments`) and the
-    model attends sample by sample."""
+    `Stage.packs_by_default` says no; image batches are padded, and an image-text model packs nothing) and the
+    model's attention keeps packed samples apart without a mask (sample by sample, or a flash-attention kernel)."""
     if cfg.data.packing is not None:
         return cfg.data.packing
-    return cfg.stage not in PREFERENCE_STAGES and shape.segments
+    return cfg.stage not in PREFERENCE_STAGES and shape.packs_without_mask
 
 
 def chunked_loss(cfg: EmberConfig, shape: ModelShape, zero: Optional[ZeRO]) -> bool:

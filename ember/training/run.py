@@ -198,14 +198,15 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
 def _packing(cfg: EmberConfig, base, stage_packs: bool) -> bool:
     """`data.packing`, with null decided here: padding-free where the stage allows it (not image batches, not
-    preference pairs: `Stage.packs_by_default`) and the model attends sample by sample
-    (ember.models.segment_attention); padded rows for other attention code, whose packed rows would need a
-    block-diagonal mask (no faster than padding) or might not keep samples apart."""
-    from ember.models.segment_attention import supports_segments
+    preference pairs: `Stage.packs_by_default`) and the model's attention keeps a packed row's samples apart without
+    a block-diagonal mask (`packs_without_mask`: SDPA sample by sample, or a flash-attention kernel); padded rows for
+    other attention code, whose packed rows would need the mask (no faster than padding) or might not keep samples
+    apart."""
+    from ember.models.segment_attention import packs_without_mask
 
     if cfg.data.packing is not None:
         return cfg.data.packing
-    packing = stage_packs and supports_segments(base)
+    packing = stage_packs and packs_without_mask(base)
     say(f"batches: {'padding-free (data.packing: auto)' if packing else 'padded rows (data.packing: auto)'}")
     return packing
 

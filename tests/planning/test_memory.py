@@ -74,6 +74,22 @@ def test_the_default_packs_a_row_whose_samples_attend_one_at_a_time(tiny_cfg):
     assert default.shape.segments and "(packed)" in render(default)
 
 
+def test_the_default_packs_a_flash_attention_model_without_a_mask(tiny_cfg):
+    """With a flash-attention kernel `ember train` packs by default too (the kernel reads the samples off
+    `position_ids`): the plan is `data.packing: true`'s. Flash attention keeps no mask either way, so packing changes
+    only the rotary table (one row of 32 positions) and the loss's positions and mask."""
+    flash = ("model.dtype=auto", "train.bf16=null", "model.attn_implementation=flash_attention_2")
+    default = plan(tiny_cfg(*flash), GPU)
+    padded = plan(tiny_cfg(*flash, "data.packing=false"), GPU).memory.parts
+    assert default.shape.packs_without_mask and not default.shape.segments
+    assert default.memory.parts == plan(tiny_cfg(*flash, "data.packing=true"), GPU).memory.parts
+    top = 2 * 2 * (32 - 16) * 16 + 8 * (30 - 15) + (31 - 30)  # as in the SDPA case above
+    assert default.memory.parts == {**padded, "activations": padded["activations"] + top}
+    assert "(packed)" in render(default)
+    eager = plan(tiny_cfg("model.dtype=auto", "train.bf16=null", "model.attn_implementation=eager"), GPU)
+    assert not eager.shape.packs_without_mask and "(packed)" not in render(eager)
+
+
 def test_the_loss_is_planned_as_the_trainer_takes_it(tiny_cfg):
     """The chunked loss for the causal-LM stages; the plain loss (12 bytes per logit: bf16 logits, the fp32
     log-softmax and its two fp32 gradients) where the trainer keeps it: preference stages, ZeRO-3 / FSDP shards,

@@ -111,3 +111,28 @@ def test_on_a_cpu_segment_attention_attends_in_float32_under_bf16_autocast():
                                             is_causal=True, enable_gqa=True)
     assert out16.dtype == torch.bfloat16
     assert torch.equal(out16[:, 4:], second.transpose(1, 2).bfloat16())
+
+
+def test_auto_packing_where_the_attention_keeps_packed_samples_apart(tiny_model_config):
+    """`data.packing: null` packs where a packed row needs no block mask: SDPA (run sample by sample) and the
+    flash-attention kernels (transformers' variable-length path reads the samples off `position_ids`); eager
+    attention keeps padded rows, as do preference stages (stage_packs False). An explicit setting always wins."""
+    import dataclasses
+
+    from ember.config.schema import EmberConfig
+    from ember.models.segment_attention import segment_attention
+    from ember.training.run import _packing
+
+    model = load_model(dataclasses.replace(tiny_model_config, attn_implementation="sdpa"), vocab_size=512)
+    auto, never = EmberConfig(), EmberConfig()
+    never.data.packing = False
+    decided = {}
+    # flash_attn is not installed here: the model keeps SDPA kernels, its config names the implementation asked for
+    for implementation in ("sdpa", "flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2", "eager"):
+        model.config._attn_implementation = implementation
+        decided[implementation] = (_packing(auto, model, True), _packing(auto, model, False))
+        assert _packing(never, model, True) is False
+        with segment_attention(model) as switched:  # only SDPA is run sample by sample by Ember
+            assert switched is (implementation == "sdpa")
+    assert decided == {"sdpa": (True, False), "flash_attention_2": (True, False), "flash_attention_3": (True, False),
+                       "kernels-community/flash-attn2": (True, False), "eager": (False, False)}
