@@ -16,7 +16,8 @@ machine's RAM.
 Two allocator settings: `default` is what a user gets; with `mmap` the children run with
 MALLOC_MMAP_THRESHOLD_=65536, so glibc returns every freed tensor of 64 KiB or more to the system at once and the
 peak RSS is the peak of live memory, which is what the plan predicts. The difference is heap memory glibc keeps
-after the forward pass's temporaries are freed.
+after the forward pass's temporaries are freed. Each run's training time, CPU time and page faults show what the
+mmap setting costs: every large tensor comes fresh from the kernel.
 
     python bench/plan_validation.py                  # prints; add --out bench/results/plan_validation.txt to save
     python bench/plan_validation.py --steps 2 --only lora full --allocators default
@@ -86,12 +87,19 @@ def child(name: str, steps: int, baseline: bool) -> dict:
         class ResetPeak(TrainerCallback):
             def on_train_begin(self, *args, **kwargs):
                 process["peak"] = _high_water_mark()
+                process["usage"] = resource.getrusage(resource.RUSAGE_SELF)
                 with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
                     refs.write("5")  # the high-water mark starts again from the memory in use now
 
-        process: dict[str, int] = {}
-        train(cfg, callbacks=[ResetPeak()])
-    return {"maxrss": max(process["peak"], _high_water_mark()), "training": _high_water_mark()}
+        process: dict = {}
+        result = train(cfg, callbacks=[ResetPeak()])
+        before, after = process["usage"], resource.getrusage(resource.RUSAGE_SELF)
+    # what the allocator setting costs in time: the training loop's seconds, the process's CPU seconds in it (user +
+    # system: the page faults of memory that comes fresh from the kernel are system time) and its page faults
+    return {"maxrss": max(process["peak"], _high_water_mark()), "training": _high_water_mark(),
+            "train_s": result.metrics["train_runtime"],
+            "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            "faults": after.ru_minflt - before.ru_minflt}
 
 
 def _high_water_mark() -> int:
@@ -150,8 +158,8 @@ def main() -> None:
         base = measure(args.only[0], args.steps, allocator, baseline=True)["maxrss"]
         lines += ["", f"allocator {allocator}: baseline (interpreter, libraries, tokenizer, data; no model) "
                       f"{base / gib:.2f} GiB",
-                  f"{'config':18s} {'predicted':>10s} {'training':>10s} {'error':>7s} {'process':>9s}   "
-                  "largest predicted parts (GiB)"]
+                  f"{'config':18s} {'predicted':>10s} {'training':>10s} {'error':>7s} {'process':>9s} {'train s':>8s} "
+                  f"{'cpu s':>6s} {'faults':>7s}   largest predicted parts (GiB)"]
         print("\n".join(lines[-2:]), flush=True)
         for name in args.only:
             predicted, detail = predict(name)
@@ -161,7 +169,8 @@ def main() -> None:
             errors.setdefault(allocator, []).append(abs(error))
             parts = sorted(detail["parts"].items(), key=lambda kv: -kv[1])[:4]
             lines.append(f"{name:18s} {predicted / gib:8.2f} G {measured / gib:8.2f} G {100 * error:+6.1f}% "
-                         f"{process / gib:7.2f} G   " + ", ".join(f"{k} {v / gib:.2f}" for k, v in parts))
+                         f"{process / gib:7.2f} G {peaks['train_s']:8.1f} {peaks['cpu_s']:6.1f} "
+                         f"{peaks['faults'] / 1e6:6.2f}M   " + ", ".join(f"{k} {v / gib:.2f}" for k, v in parts))
             print(lines[-1], flush=True)
             _write(args.out, lines)
     lines.append("")
@@ -169,8 +178,10 @@ def main() -> None:
         lines.append(f"{allocator}: largest |error| {100 * max(errs):.1f}%, mean |error| "
                      f"{100 * sum(errs) / len(errs):.1f}% over {len(errs)} configs (against the training peak; "
                      "`process`: the whole process's peak, loading included)")
+    lines.append("train s: the training loop's wall seconds (all steps, the first included); cpu s: the process's "
+                 "user + system CPU seconds in it; faults: its minor page faults (memory first touched)")
     lines.append(f"({time.time() - started:.0f} s in all)")
-    print("\n".join(lines[-len(errors) - 1:]))
+    print("\n".join(lines[-len(errors) - 2:]))
     _write(args.out, lines)
 
 
