@@ -63,9 +63,15 @@ class PadCollator:
 class PackedCollator:
     """Padding-free batches: the rows are concatenated into one sequence whose `position_ids` restart at 0 for
     each sample. transformers detects the restarts and keeps samples from attending to each other, provided no
-    attention mask is passed and no KV cache is built (training sets `use_cache=False`; see shared notes, Q5)."""
+    attention mask is passed and no KV cache is built (training sets `use_cache=False`; see shared notes, Q5).
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    `flash_kwargs`: also hand over the samples' boundaries the way transformers' flash-attention kernels take them
+    (`cu_seq_lens_q/k`, `max_length_q/k`: its FlashAttentionKwargs). Without them every layer finds the boundaries
+    again from `position_ids`, reading values off the GPU (a host sync) twice per layer."""
+
+    flash_kwargs: bool = False
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
@@ -86,4 +92,9 @@ class PackedCollator:
         }
         if weighted:
             batch["loss_weights"] = torch.tensor([weights])
+        if self.flash_kwargs:
+            lengths = [len(r["input_ids"]) for r in rows]
+            starts = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = starts
+            batch["max_length_q"] = batch["max_length_k"] = max(lengths)  # an int, as the kernels take it
         return batch

@@ -112,16 +112,20 @@ def supports_segments(model: torch.nn.Module) -> bool:
             and getattr(model.config, "_attn_implementation", None) == "sdpa")
 
 
-def packs_without_mask(model: torch.nn.Module, attn_implementation: Optional[str] = None) -> bool:
-    """Whether a padding-free row keeps its samples apart with no block-diagonal mask, so that packing only saves
-    work: SDPA attends sample by sample here (`supports_segments`), and transformers' flash-attention kernels
-    (`flash_attention_2`, `flash_attention_3`, hub flash kernels) find the samples in `position_ids` themselves
-    (their variable-length path, the one transformers' `DataCollatorWithFlattening` feeds). Eager attention, and
-    models outside the attention interface, would need the mask. `attn_implementation` stands in for the model's
-    own (the planner's meta model runs SDPA where flash attention is asked for)."""
+def packed_row_attention(model: torch.nn.Module, attn_implementation: Optional[str] = None) -> Optional[str]:
+    """How the model's attention keeps a padding-free row's samples apart with no block-diagonal mask, so that
+    packing only saves work: "segments" (SDPA, run sample by sample here: `segment_attention`), "flash"
+    (transformers' flash-attention kernels, `flash_attention_2`, `flash_attention_3` or a hub flash kernel, take the
+    samples' boundaries and attend through their variable-length path: `PackedCollator(flash_kwargs=True)`), or None
+    (eager attention, models outside the attention interface: a packed row would need the mask).
+    `attn_implementation` stands in for the model's own (the planner's meta model runs SDPA where flash attention is
+    asked for)."""
     implementation = attn_implementation or getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
-    flash = "flash" in implementation and not implementation.startswith("paged")  # paged: generation's cache only
-    return (flash or implementation == "sdpa") and _text_attention_interface(model)
+    if not _text_attention_interface(model):
+        return None
+    if "flash" in implementation and not implementation.startswith("paged"):  # paged: generation's cache only
+        return "flash"
+    return "segments" if implementation == "sdpa" else None
 
 
 @contextlib.contextmanager

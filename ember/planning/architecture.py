@@ -78,7 +78,7 @@ class ModelShape:
     # runs an SDPA model through transformers' attention interface.
     segments: bool = False
     # A packed row needs no block mask: segments, or a flash-attention kernel that reads the samples off
-    # `position_ids`; `data.packing: null` packs such a model (ember.models.segment_attention.packs_without_mask).
+    # `position_ids`; `data.packing: null` packs such a model (ember.models.segment_attention.packed_row_attention).
     packs_without_mask: bool = False
     # The logits are the output embedding applied to the last hidden state, so `ember train` can take a causal-LM
     # loss chunk by chunk from that state (ember.training.chunked_loss) without the model's logits.
@@ -198,7 +198,7 @@ def _quantized_weights(model) -> set[int]:
 def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
     """Everything the planner needs to know about the tuned model, read off the meta model."""
     from ember.models.adapters import decoder_stack
-    from ember.models.segment_attention import packs_without_mask, supports_segments
+    from ember.models.segment_attention import packed_row_attention, supports_segments
 
     model, quantized = build_meta_model(cfg, gpu)
     config = model.config
@@ -251,7 +251,7 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
         attention="flash" if "flash" in (cfg.model.attn_implementation or "") else _attention_kind(config),
         notes=tuple(notes),
         segments="flash" not in (cfg.model.attn_implementation or "") and supports_segments(base),
-        packs_without_mask=packs_without_mask(base, cfg.model.attn_implementation),
+        packs_without_mask=packed_row_attention(base, cfg.model.attn_implementation) is not None,
         projected_logits=_projected_logits(base),
     )
 

@@ -103,9 +103,9 @@ def plan(cfg: EmberConfig, target: Target, suggest: bool = True, zero: Optional[
     result = Plan(cfg, target, shape, zero, memory, _precision_label(cfg, shape, target, zero))
     if not target.gpu:
         result.notes.append("this counts live memory: with glibc's default allocator freed heap memory stays with "
-                            "the process and peak RSS ran 0.2-1.7 GiB higher in docs/training.md's validation (most "
+                            "the process and peak RSS ran 0.2-1.9 GiB higher in docs/training.md's validation (most "
                             "with QLoRA); starting with MALLOC_MMAP_THRESHOLD_=65536 gives it back at once, at a "
-                            "cost in time (a SmolLM2 LoRA step ran 1.4x slower)")
+                            "cost in time (runs took 1.4-1.8x as long there)")
     if not target.gpu and cfg.method.type == "qlora":
         result.notes.append("loading quantizes the full-precision checkpoint read through a memory map: its pages "
                             "count in RSS while it loads, above this peak (page cache the kernel reclaims under "

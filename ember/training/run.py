@@ -87,6 +87,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     from ember.training import checkpoints
     from ember.training.callbacks import LossPlotCallback
     from ember.training.guard import DivergenceGuard
+    from ember.models.segment_attention import packed_row_attention
 
     validate(cfg)
     if is_main_process():  # a read-only or full output.dir fails now, not after the data and the model
@@ -138,7 +139,8 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     model.config.use_cache = False  # training never needs the KV cache (and packed batches must not build one)
     model = apply_method(model, cfg.method, family, cfg.train.gradient_checkpointing, _rows_to_train(new_rows, cfg))
     base = base_model(model)
-    packing = _packing(cfg, base, prepared.stage.packs_by_default())
+    attention = packed_row_attention(base)  # how a packed row's samples are kept apart, if without a mask
+    packing = _packing(cfg, attention, prepared.stage.packs_by_default())
     sharded = args.deepspeed or args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
         os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     if cfg.method.type == "lora" and args.bf16 and not sharded:
@@ -157,7 +159,7 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         args=args,
         train_dataset=stage.dataset(prepared.data.train),
         eval_dataset=stage.dataset(prepared.data.eval) if prepared.data.eval else None,
-        data_collator=stage.collator(tokenizer, packing),
+        data_collator=stage.collator(tokenizer, packing, flash=attention == "flash"),
         processing_class=prepared.processor or tokenizer,  # what checkpoints save: the processor holds the tokenizer
         callbacks=[*([LossPlotCallback()] if cfg.output.plot_loss else []), *_upload_callbacks(cfg), *callbacks],
         optimizers=(_optimizer(model, args, cfg), None),
@@ -196,24 +198,23 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     return TrainResult(out, metrics, trainable, total)
 
 
-def _packing(cfg: EmberConfig, base, stage_packs: bool) -> bool:
+def _packing(cfg: EmberConfig, attention: Optional[str], stage_packs: bool) -> bool:
     """`data.packing`, with null decided here: padding-free where the stage allows it (not image batches, not
     preference pairs: `Stage.packs_by_default`) and the model's attention keeps a packed row's samples apart without
-    a block-diagonal mask (`packs_without_mask`: SDPA sample by sample, or a flash-attention kernel); padded rows for
-    other attention code, whose packed rows would need the mask (no faster than padding) or might not keep samples
-    apart."""
-    from ember.models.segment_attention import packs_without_mask
-
+    a block-diagonal mask (`attention`, ember.models.segment_attention.packed_row_attention: SDPA sample by sample,
+    or a flash-attention kernel); padded rows for other attention code, whose packed rows would need the mask (no
+    faster than padding) or might not keep samples apart."""
     if cfg.data.packing is not None:
         return cfg.data.packing
-    packing = stage_packs and packs_without_mask(base)
+    packing = stage_packs and attention is not None
     say(f"batches: {'padding-free (data.packing: auto)' if packing else 'padded rows (data.packing: auto)'}")
     return packing
 
 
 def _padding_free_attention(base, packing: bool):
     """Packed rows attend sample by sample with causal SDPA (ember.models.segment_attention) where the model
-    supports it; transformers' block-diagonal mask otherwise."""
+    supports it; otherwise transformers keeps the samples apart (a flash kernel's variable-length path, else the
+    block-diagonal mask)."""
     import contextlib
 
     from ember.models.segment_attention import segment_attention

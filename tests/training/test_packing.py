@@ -115,24 +115,76 @@ def test_on_a_cpu_segment_attention_attends_in_float32_under_bf16_autocast():
 
 def test_auto_packing_where_the_attention_keeps_packed_samples_apart(tiny_model_config):
     """`data.packing: null` packs where a packed row needs no block mask: SDPA (run sample by sample) and the
-    flash-attention kernels (transformers' variable-length path reads the samples off `position_ids`); eager
-    attention keeps padded rows, as do preference stages (stage_packs False). An explicit setting always wins."""
+    flash-attention kernels (their variable-length path takes the samples' boundaries); eager attention and
+    image-text models keep padded rows, as do preference stages (stage_packs False). An explicit setting wins."""
     import dataclasses
+    from types import SimpleNamespace
 
     from ember.config.schema import EmberConfig
-    from ember.models.segment_attention import segment_attention
+    from ember.models.segment_attention import packed_row_attention, segment_attention
     from ember.training.run import _packing
 
     model = load_model(dataclasses.replace(tiny_model_config, attn_implementation="sdpa"), vocab_size=512)
     auto, never = EmberConfig(), EmberConfig()
     never.data.packing = False
-    decided = {}
+    found = {}
     # flash_attn is not installed here: the model keeps SDPA kernels, its config names the implementation asked for
     for implementation in ("sdpa", "flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2", "eager"):
         model.config._attn_implementation = implementation
-        decided[implementation] = (_packing(auto, model, True), _packing(auto, model, False))
-        assert _packing(never, model, True) is False
+        attention = packed_row_attention(model)
+        found[implementation] = (attention, _packing(auto, attention, True), _packing(auto, attention, False))
+        assert _packing(never, attention, True) is False
         with segment_attention(model) as switched:  # only SDPA is run sample by sample by Ember
-            assert switched is (implementation == "sdpa")
-    assert decided == {"sdpa": (True, False), "flash_attention_2": (True, False), "flash_attention_3": (True, False),
-                       "kernels-community/flash-attn2": (True, False), "eager": (False, False)}
+            assert switched is (attention == "segments")
+    assert found == {"sdpa": ("segments", True, False), "flash_attention_2": ("flash", True, False),
+                     "flash_attention_3": ("flash", True, False), "kernels-community/flash-attn2": ("flash", True, False),
+                     "eager": (None, False, False)}
+    image_text = SimpleNamespace(_supports_attention_backend=True,
+                                 config=SimpleNamespace(_attn_implementation="flash_attention_2", vision_config={}))
+    assert packed_row_attention(image_text) is None
+    assert packed_row_attention(model, "flash_attention_2") == "flash"  # the planner's stand-in for the model's own
+
+
+def _varlen_stand_in(calls: list):
+    """A stand-in for a flash kernel's variable-length path: causal SDPA between the boundaries handed over."""
+    import torch.nn.functional as F
+
+    def attend(module, query, key, value, attention_mask, **kwargs):
+        assert attention_mask is None
+        bounds = kwargs["cu_seq_lens_q"].tolist()
+        calls.append((bounds, kwargs["cu_seq_lens_k"].tolist(), kwargs["max_length_q"], kwargs["max_length_k"]))
+        parts = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
+                                                enable_gqa=True) for s, e in zip(bounds[:-1], bounds[1:])]
+        return torch.cat(parts, dim=2).transpose(1, 2), None
+
+    return attend
+
+
+def test_flash_kwargs_carry_the_sample_boundaries_to_every_layer(tiny_model_config):
+    """`PackedCollator(flash_kwargs=True)` hands over the boundaries as transformers' flash kernels take them
+    (int32 cumulative lengths, the longest sample as an int); they reach each layer's attention through the model's
+    forward, and attending between them gives the padded batch's loss and gradients."""
+    import dataclasses
+
+    from transformers import AttentionInterface
+
+    rows = _rows()
+    packed = PackedCollator(flash_kwargs=True)(rows)
+    assert packed["cu_seq_lens_q"].dtype == torch.int32 and packed["cu_seq_lens_q"].tolist() == [0, 7, 19, 24]
+    assert packed["cu_seq_lens_k"].tolist() == [0, 7, 19, 24] and packed["max_length_q"] == packed["max_length_k"] == 12
+    assert not {"cu_seq_lens_q", "max_length_q"} & set(PackedCollator()(rows))
+    from ember.training.stages import STAGES
+
+    # what `ember train` asks of its stage for a flash-attention model (run.py: packed_row_attention == "flash")
+    assert STAGES["sft"].collator(None, True, flash=True) == PackedCollator(flash_kwargs=True)
+    assert STAGES["pt"].collator(None, True) == PackedCollator(flash_kwargs=False)
+    model = load_model(dataclasses.replace(tiny_model_config, attn_implementation="sdpa"), vocab_size=512)
+    loss_pad, grads_pad = _loss_and_grads(model, PadCollator(pad_token_id=0)(rows))
+    calls = []
+    AttentionInterface.register("ember_test_varlen", _varlen_stand_in(calls))
+    model.set_attn_implementation("ember_test_varlen")
+    loss_varlen, grads_varlen = _loss_and_grads(model, packed)
+    assert calls == [([0, 7, 19, 24], [0, 7, 19, 24], 12, 12)] * model.config.num_hidden_layers
+    assert torch.allclose(loss_pad, loss_varlen, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_pad, grads_varlen, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -28,15 +28,18 @@ class Stage:
 
         return EncodedDataset(samples)
 
-    def collator(self, tokenizer, packing: bool) -> Any:
+    def collator(self, tokenizer, packing: bool, flash: bool = False) -> Any:
+        """`flash`: the model attends through a flash-attention kernel, which takes a packed row's sample
+        boundaries with the batch (`PackedCollator.flash_kwargs`)."""
         from ember.data.collate import PackedCollator, PadCollator
 
         if packing:
-            return PackedCollator()
+            return PackedCollator(flash_kwargs=flash)
         return PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else 1)
 
     def packs_by_default(self) -> bool:
-        """Whether `data.packing: null` may pack this stage's batches (where the model attends sample by sample)."""
+        """Whether `data.packing: null` may pack this stage's batches (where the model's attention keeps packed
+        samples apart without a mask: ember.models.segment_attention.packed_row_attention)."""
         return True
 
     def with_images(self, images: Any) -> "Stage":

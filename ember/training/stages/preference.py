@@ -27,7 +27,7 @@ class PreferenceStage(Stage):
     def packs_by_default(self) -> bool:
         return False  # a reference model (or copy) attends as loaded; packed rows stay an explicit data.packing: true
 
-    def collator(self, tokenizer, packing: bool) -> Any:
+    def collator(self, tokenizer, packing: bool, flash: bool = False) -> Any:
         return PreferenceCollator(tokenizer.pad_token_id, packing, 8 if torch.cuda.is_available() and not packing else 1)
 
     def trainer(self, cfg: EmberConfig, **kwargs) -> Any:

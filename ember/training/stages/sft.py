@@ -35,7 +35,7 @@ class ImageChatStage(Stage):
     def packs_by_default(self) -> bool:
         return False  # image batches are padded
 
-    def collator(self, tokenizer, packing: bool) -> Any:
+    def collator(self, tokenizer, packing: bool, flash: bool = False) -> Any:
         from ember.data.collate import PadCollator
         from ember.data.vision import VisionCollator
         from ember.errors import ConfigError
