@@ -108,8 +108,7 @@ def _text_attention_interface(model: torch.nn.Module) -> bool:
 def supports_segments(model: torch.nn.Module) -> bool:
     """Whether the model runs its attention through transformers' attention interface with SDPA (the models whose
     layers pass `position_ids` on to it); others keep transformers' own handling of packed rows."""
-    return (_text_attention_interface(model)
-            and getattr(model.config, "_attn_implementation", None) == "sdpa")
+    return packed_row_attention(model) == "segments"
 
 
 def packed_row_attention(model: torch.nn.Module, attn_implementation: Optional[str] = None) -> Optional[str]:

@@ -198,11 +198,12 @@ def _quantized_weights(model) -> set[int]:
 def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
     """Everything the planner needs to know about the tuned model, read off the meta model."""
     from ember.models.adapters import decoder_stack
-    from ember.models.segment_attention import packed_row_attention, supports_segments
+    from ember.models.segment_attention import packed_row_attention
 
     model, quantized = build_meta_model(cfg, gpu)
     config = model.config
     base = base_model(model)
+    packed = packed_row_attention(base, cfg.model.attn_implementation)  # the meta model runs SDPA for flash
     _, stack = decoder_stack(base)
     from ember.models.quantized import checkpoint_quantization
 
@@ -250,8 +251,8 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
         largest_trainable_tensor=max((p.numel() for p in model.parameters() if p.requires_grad), default=0),
         attention="flash" if "flash" in (cfg.model.attn_implementation or "") else _attention_kind(config),
         notes=tuple(notes),
-        segments="flash" not in (cfg.model.attn_implementation or "") and supports_segments(base),
-        packs_without_mask=packed_row_attention(base, cfg.model.attn_implementation) is not None,
+        segments=packed == "segments",
+        packs_without_mask=packed is not None,
         projected_logits=_projected_logits(base),
     )
 

@@ -28,6 +28,7 @@ class PreferenceStage(Stage):
         return False  # a reference model (or copy) attends as loaded; packed rows stay an explicit data.packing: true
 
     def collator(self, tokenizer, packing: bool, flash: bool = False) -> Any:
+        # packed pairs (an explicit data.packing: true) carry no flash boundaries: a flash kernel finds them per layer
         return PreferenceCollator(tokenizer.pad_token_id, packing, 8 if torch.cuda.is_available() and not packing else 1)
 
     def trainer(self, cfg: EmberConfig, **kwargs) -> Any:
