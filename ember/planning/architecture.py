@@ -74,15 +74,22 @@ class ModelShape:
     largest_trainable_tensor: int  # elements of the biggest trainable parameter
     attention: str  # sdpa | eager | flash
     notes: tuple[str, ...] = ()
-    # Packed rows attend sample by sample, without a block mask (ember.models.segment_attention), as `ember train`
-    # runs an SDPA model through transformers' attention interface.
-    segments: bool = False
-    # A packed row needs no block mask: segments, or a flash-attention kernel that reads the samples off
-    # `position_ids`; `data.packing: null` packs such a model (ember.models.segment_attention.packed_row_attention).
-    packs_without_mask: bool = False
+    # How a packed row's samples are kept apart without a block mask, as `ember train` runs the model:
+    # "segments", "flash" or None (ember.models.segment_attention.packed_row_attention)
+    packed_attention: Optional[str] = None
     # The logits are the output embedding applied to the last hidden state, so `ember train` can take a causal-LM
     # loss chunk by chunk from that state (ember.training.chunked_loss) without the model's logits.
     projected_logits: bool = False
+
+    @property
+    def segments(self) -> bool:
+        """Packed rows attend sample by sample (SDPA through transformers' attention interface)."""
+        return self.packed_attention == "segments"
+
+    @property
+    def packs_without_mask(self) -> bool:
+        """A packed row needs no block mask, so `data.packing: null` packs this model."""
+        return self.packed_attention is not None
 
     @property
     def total_params(self) -> int:
@@ -203,7 +210,6 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
     model, quantized = build_meta_model(cfg, gpu)
     config = model.config
     base = base_model(model)
-    packed = packed_row_attention(base, cfg.model.attn_implementation)  # the meta model runs SDPA for flash
     _, stack = decoder_stack(base)
     from ember.models.quantized import checkpoint_quantization
 
@@ -251,8 +257,8 @@ def describe(cfg: EmberConfig, gpu: bool) -> ModelShape:
         largest_trainable_tensor=max((p.numel() for p in model.parameters() if p.requires_grad), default=0),
         attention="flash" if "flash" in (cfg.model.attn_implementation or "") else _attention_kind(config),
         notes=tuple(notes),
-        segments=packed == "segments",
-        packs_without_mask=packed is not None,
+        # the configured name decides: the meta model runs SDPA where flash attention is asked for
+        packed_attention=packed_row_attention(base, cfg.model.attn_implementation),
         projected_logits=_projected_logits(base),
     )
 

@@ -59,6 +59,11 @@ def test_lora_on_a_gpu_part_by_part(tiny_cfg):
     assert (result.tokens_per_micro_batch, result.tokens_per_step) == (32, 32)
 
 
+# What packing the tiny plan's 2 × 16 tokens into one row adds above the layers: rotary cos/sin over 32 positions,
+# not 16; the loss's positions (30, not 15) and its mask (1 × 31, not 2 × 15)
+PACKED_TOP = 2 * 2 * (32 - 16) * 16 + 8 * (30 - 15) + (31 - 30)
+
+
 def test_the_default_packs_a_row_whose_samples_attend_one_at_a_time(tiny_cfg):
     """data.packing null plans what `ember train` runs on an SDPA model: the 2 samples in one row, each attending
     to itself (ember.models.segment_attention): no mask, k and v at their own 2 heads; the rotary table spans the
@@ -67,9 +72,7 @@ def test_the_default_packs_a_row_whose_samples_attend_one_at_a_time(tiny_cfg):
     default = plan(tiny_cfg("model.dtype=auto", "train.bf16=null"), GPU)
     T = 32
     per_layer = 2 * T * (2 * 64 - 2 * 32) + 2 * (2 * 16 * 16)  # k, v repeated to 4 heads; the padding mask
-    # rotary cos/sin over 32 positions, not 16; the loss's positions (30, not 15) and its mask (1 × 31, not 2 × 15)
-    top = 2 * 2 * (32 - 16) * 16 + 8 * (30 - 15) + (31 - 30)
-    assert default.memory.parts == {**padded, "activations": padded["activations"] - 2 * per_layer + top,
+    assert default.memory.parts == {**padded, "activations": padded["activations"] - 2 * per_layer + PACKED_TOP,
                                     "backward_workspace": padded["backward_workspace"] - per_layer}
     assert default.shape.segments and "(packed)" in render(default)
 
@@ -83,8 +86,7 @@ def test_the_default_packs_a_flash_attention_model_without_a_mask(tiny_cfg):
     padded = plan(tiny_cfg(*flash, "data.packing=false"), GPU).memory.parts
     assert default.shape.packs_without_mask and not default.shape.segments
     assert default.memory.parts == plan(tiny_cfg(*flash, "data.packing=true"), GPU).memory.parts
-    top = 2 * 2 * (32 - 16) * 16 + 8 * (30 - 15) + (31 - 30)  # as in the SDPA case above
-    assert default.memory.parts == {**padded, "activations": padded["activations"] + top}
+    assert default.memory.parts == {**padded, "activations": padded["activations"] + PACKED_TOP}
     assert "(packed)" in render(default)
     eager = plan(tiny_cfg("model.dtype=auto", "train.bf16=null", "model.attn_implementation=eager"), GPU)
     assert not eager.shape.packs_without_mask and "(packed)" not in render(eager)
