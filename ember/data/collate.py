@@ -93,8 +93,12 @@ class PackedCollator:
         if weighted:
             batch["loss_weights"] = torch.tensor([weights])
         if self.flash_kwargs:
-            lengths = [len(r["input_ids"]) for r in rows]
-            starts = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = starts
-            batch["max_length_q"] = batch["max_length_k"] = max(lengths)  # an int, as the kernels take it
+            batch.update(flash_boundaries([len(r["input_ids"]) for r in rows]))
         return batch
+
+
+def flash_boundaries(lengths: list[int]) -> dict[str, Any]:
+    """The samples of a packed row as transformers' flash-attention kernels take them (its FlashAttentionKwargs):
+    int32 cumulative lengths and the longest sample, as an int, for queries and keys alike."""
+    starts = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    return {"cu_seq_lens_q": starts, "cu_seq_lens_k": starts, "max_length_q": max(lengths), "max_length_k": max(lengths)}

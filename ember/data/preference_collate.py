@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ember.data.collate import flash_boundaries
 from ember.data.preference_samples import KTOSample, PairSample
 from ember.data.render import IGNORE_INDEX
 
@@ -65,13 +66,16 @@ class KTODataset(_PreferenceDataset):
 
 @dataclass
 class PreferenceCollator:
-    """Rows of `PairDataset` / `KTODataset` → one batch of their 2B sequences (sequence k of every row, then k+1)."""
+    """Rows of `PairDataset` / `KTODataset` → one batch of their 2B sequences (sequence k of every row, then k+1).
+    `flash_kwargs`: a packed batch also carries the sequences' boundaries for flash-attention kernels, as
+    `PackedCollator`'s does."""
 
     pad_token_id: int
     packing: bool = False
     pad_to_multiple_of: int = 1
+    flash_kwargs: bool = False
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         per_row = len(rows[0]["sequences"])
         sequences = [r["sequences"][k] for k in range(per_row) for r in rows]
         batch = self._packed(sequences) if self.packing else self._padded(sequences)
@@ -96,8 +100,7 @@ class PreferenceCollator:
             batch["labels"][i, :len(ids)] = torch.tensor(labels)
         return batch
 
-    @staticmethod
-    def _packed(sequences: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    def _packed(self, sequences: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
         ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
@@ -107,5 +110,8 @@ class PreferenceCollator:
             labels += [IGNORE_INDEX] + list(seq_labels[1:])  # never a target of the previous sequence
             positions += range(len(seq_ids))
             index += [k] * len(seq_ids)
-        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([positions]), "sequence_index": torch.tensor([index])}
+        batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                 "position_ids": torch.tensor([positions]), "sequence_index": torch.tensor([index])}
+        if self.flash_kwargs:
+            batch.update(flash_boundaries([len(seq_ids) for seq_ids, _ in sequences]))
+        return batch

@@ -268,7 +268,8 @@ class PreferenceTrainer(EmberTrainer):
             with torch.no_grad(), disabled, self.compute_loss_context_manager():
                 for begin in range(0, len(dataset), batch_size):
                     items = [dataset[i] for i in range(begin, min(begin + batch_size, len(dataset)))]
-                    batch = {k: v.to(self.args.device) for k, v in self.data_collator(items).items()}
+                    batch = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v  # flash's max_length
+                             for k, v in self.data_collator(items).items()}
                     batch.pop("kto_label", None)
                     index = batch.pop("sequence_index", None)
                     labels = batch.pop("labels")

@@ -105,3 +105,19 @@ def write_config(cfg, path: Path) -> Path:
 
 def check_ok(done: subprocess.CompletedProcess) -> None:
     assert done.returncode == 0, done.stdout[-4000:] + "\n---- stderr ----\n" + done.stderr[-6000:]
+
+
+def varlen_stand_in(calls: list):
+    """A stand-in for a flash kernel's variable-length path (register it through transformers' AttentionInterface):
+    causal SDPA between the boundaries handed over; each call's boundaries are appended to `calls`."""
+
+    def attend(module, query, key, value, attention_mask, **kwargs):
+        assert attention_mask is None
+        bounds = kwargs["cu_seq_lens_q"].tolist()
+        calls.append((bounds, kwargs["cu_seq_lens_k"].tolist(), kwargs["max_length_q"], kwargs["max_length_k"]))
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        parts = [sdpa(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, enable_gqa=True)
+                 for s, e in zip(bounds[:-1], bounds[1:])]
+        return torch.cat(parts, dim=2).transpose(1, 2), None
+
+    return attend

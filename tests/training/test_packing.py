@@ -8,6 +8,8 @@ from ember.data.collate import PackedCollator, PadCollator
 from ember.models.loading import load_model
 from ember.training.losses import causal_lm_loss
 
+from .helpers import varlen_stand_in
+
 
 def _rows() -> list[dict]:
     torch.manual_seed(0)
@@ -145,21 +147,6 @@ def test_auto_packing_where_the_attention_keeps_packed_samples_apart(tiny_model_
     assert packed_row_attention(model, "flash_attention_2") == "flash"  # the planner's stand-in for the model's own
 
 
-def _varlen_stand_in(calls: list):
-    """A stand-in for a flash kernel's variable-length path: causal SDPA between the boundaries handed over."""
-    import torch.nn.functional as F
-
-    def attend(module, query, key, value, attention_mask, **kwargs):
-        assert attention_mask is None
-        bounds = kwargs["cu_seq_lens_q"].tolist()
-        calls.append((bounds, kwargs["cu_seq_lens_k"].tolist(), kwargs["max_length_q"], kwargs["max_length_k"]))
-        parts = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
-                                                enable_gqa=True) for s, e in zip(bounds[:-1], bounds[1:])]
-        return torch.cat(parts, dim=2).transpose(1, 2), None
-
-    return attend
-
-
 def test_flash_kwargs_carry_the_sample_boundaries_to_every_layer(tiny_model_config):
     """`PackedCollator(flash_kwargs=True)` hands over the boundaries as transformers' flash kernels take them
     (int32 cumulative lengths, the longest sample as an int); they reach each layer's attention through the model's
@@ -181,7 +168,7 @@ def test_flash_kwargs_carry_the_sample_boundaries_to_every_layer(tiny_model_conf
     model = load_model(dataclasses.replace(tiny_model_config, attn_implementation="sdpa"), vocab_size=512)
     loss_pad, grads_pad = _loss_and_grads(model, PadCollator(pad_token_id=0)(rows))
     calls = []
-    AttentionInterface.register("ember_test_varlen", _varlen_stand_in(calls))
+    AttentionInterface.register("ember_test_varlen", varlen_stand_in(calls))
     model.set_attn_implementation("ember_test_varlen")
     loss_varlen, grads_varlen = _loss_and_grads(model, packed)
     assert calls == [([0, 7, 19, 24], [0, 7, 19, 24], 12, 12)] * model.config.num_hidden_layers

@@ -22,7 +22,7 @@ from ember.training.preference import PreferenceTrainer
 from ember.training.preference_losses import OBJECTIVES
 from ember.training.run import train
 
-from .helpers import GradCapture, logged_losses, saved_tensors
+from .helpers import GradCapture, logged_losses, saved_tensors, varlen_stand_in
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = ROOT / "examples" / "data" / "dpo.jsonl"
@@ -97,7 +97,8 @@ def load_policy(models: dict[str, str], lora: bool):
     return PeftModel.from_pretrained(base, models["adapter"], is_trainable=True)
 
 
-def batch_of(pref_config, stage: str, n: int = 4, packing: bool = False, rows: slice | None = None):
+def batch_of(pref_config, stage: str, n: int = 4, packing: bool = False, rows: slice | None = None,
+             flash_kwargs: bool = False):
     from ember.data.preference_collate import PreferenceCollator
     from ember.training.prepare import prepare_data
     from ember.training.stages import STAGES
@@ -106,7 +107,7 @@ def batch_of(pref_config, stage: str, n: int = 4, packing: bool = False, rows: s
     samples = prepare_data(cfg, progress=False).data.train
     dataset = STAGES[stage].dataset(samples)
     picked = [dataset[i] for i in range(n)][rows or slice(None)]
-    return PreferenceCollator(pad_token_id=2, packing=packing)(picked)
+    return PreferenceCollator(pad_token_id=2, packing=packing, flash_kwargs=flash_kwargs)(picked)
 
 
 def ember_loss(model, batch: dict, stage: str, tmp_path: Path, **options) -> tuple[torch.Tensor, dict[str, float]]:
@@ -117,7 +118,7 @@ def ember_loss(model, batch: dict, stage: str, tmp_path: Path, **options) -> tup
     trainer = PreferenceTrainer(model=model, args=args, objective=OBJECTIVES[stage],
                                 options=PreferenceConfig(**options), train_dataset=[0], data_collator=lambda x: x)
     model.train()
-    loss = trainer.compute_loss(model, {k: v.clone() for k, v in batch.items()})
+    loss = trainer.compute_loss(model, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     return loss, {k: sum(v) / len(v) for k, v in trainer._metrics["train"].items()}
 
 
@@ -292,6 +293,63 @@ def test_packed_batch_equals_padded_batch(stage, oracle_models, pref_config, tmp
         assert m_pack[key] == approx_metric(key, m_pad[key], options["beta"]), key
     for a, b in zip(g_pad, g_pack, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto"])
+def test_packed_pairs_hand_flash_kernels_their_boundaries(stage, oracle_models, pref_config, tmp_path):
+    """A packed preference batch for a flash-attention model (`packing and flash`, as `ember train` asks its stage)
+    carries the 2B sequences' boundaries; they reach every layer of the policy's and the reference's forwards, and
+    attending between them gives the padded batch's loss, gradients and precomputed reference log-probs."""
+    from transformers import AttentionInterface, AutoTokenizer
+
+    from ember.data.preference_collate import PreferenceCollator
+    from ember.training.stages import STAGES
+
+    tokenizer = AutoTokenizer.from_pretrained(oracle_models["tokenizer"])
+    assert STAGES[stage].collator(tokenizer, True, flash=True) == PreferenceCollator(
+        tokenizer.pad_token_id, packing=True, flash_kwargs=True)
+    assert not STAGES[stage].collator(tokenizer, False, flash=True).flash_kwargs  # padded rows keep their mask
+    padded = batch_of(pref_config, stage)
+    packed = batch_of(pref_config, stage, packing=True, flash_kwargs=True)
+    lengths = padded["attention_mask"].sum(1).tolist()
+    bounds = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    assert packed["cu_seq_lens_q"].dtype == torch.int32 and packed["cu_seq_lens_q"].tolist() == bounds
+    assert packed["cu_seq_lens_k"].tolist() == bounds and packed["max_length_q"] == packed["max_length_k"] == max(lengths)
+    calls = []
+    AttentionInterface.register("ember_test_varlen", varlen_stand_in(calls))
+    results = []
+    for batch, attention in ((padded, "sdpa"), (packed, "ember_test_varlen")):
+        model = load_policy(oracle_models, lora=True)
+        model.base_model.model.set_attn_implementation(attention)
+        loss, _ = ember_loss(model, batch, stage, tmp_path, beta=0.3)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    layers = model.config.num_hidden_layers
+    assert calls == [(bounds, bounds, max(lengths), max(lengths))] * (2 * layers)  # policy, then LoRA disabled
+    (loss_pad, g_pad), (loss_pack, g_pack) = results
+    assert abs(float(loss_pad) - float(loss_pack)) <= 1e-5 and abs(float(loss_pad)) > 1e-3
+    for a, b in zip(g_pad, g_pack, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+    # the precomputed reference's batches carry them too (their max_length is an int, not moved to a device)
+    from transformers import TrainingArguments
+
+    from ember.training.prepare import prepare_data
+
+    dataset = STAGES[stage].dataset(prepare_data(pref_config(stage), progress=False).data.train)
+    stored = []
+    for collator, attention in ((PreferenceCollator(2), "sdpa"),
+                                (PreferenceCollator(2, packing=True, flash_kwargs=True), "ember_test_varlen")):
+        model.base_model.model.set_attn_implementation(attention)
+        args = TrainingArguments(output_dir=str(tmp_path / "args"), use_cpu=True, report_to="none",
+                                 per_device_eval_batch_size=4, remove_unused_columns=False)
+        trainer = PreferenceTrainer(model=model, args=args, objective=OBJECTIVES[stage],
+                                    options=PreferenceConfig(beta=0.3), train_dataset=dataset, data_collator=collator)
+        calls.clear()
+        stored.append(trainer._compute_reference(dataset))
+    assert len(calls) == layers * -(-len(dataset) // 4)
+    padded_ref, packed_ref = (torch.tensor(rows, dtype=torch.float64) for rows in stored)
+    assert padded_ref.shape == (len(dataset), 2) and torch.allclose(padded_ref, packed_ref, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.slow

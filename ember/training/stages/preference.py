@@ -28,8 +28,8 @@ class PreferenceStage(Stage):
         return False  # a reference model (or copy) attends as loaded; packed rows stay an explicit data.packing: true
 
     def collator(self, tokenizer, packing: bool, flash: bool = False) -> Any:
-        # packed pairs (an explicit data.packing: true) carry no flash boundaries: a flash kernel finds them per layer
-        return PreferenceCollator(tokenizer.pad_token_id, packing, 8 if torch.cuda.is_available() and not packing else 1)
+        multiple = 8 if torch.cuda.is_available() and not packing else 1
+        return PreferenceCollator(tokenizer.pad_token_id, packing, multiple, flash_kwargs=packing and flash)
 
     def trainer(self, cfg: EmberConfig, **kwargs) -> Any:
         from ember.training.preference import PreferenceTrainer, disable_dropout, reference_copy
