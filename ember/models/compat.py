@@ -56,42 +56,30 @@ def keep_gptq_trainable_on_cpu(model: torch.nn.Module) -> int:
     return count
 
 
-class _SavedAsStock:
-    """Mixin: `processor_config.json` and `tokenizer_config.json` name the stock processor class this one stands in
-    for, and `processor_config.json` holds a video processor with the image processor's patch geometry (the stock
+class _ImageOnly:
+    """Mixin for a stock Qwen2-VL-family processor: its constructor takes only the image processor and the tokenizer,
+    and `processor_config.json` holds a video processor with the image processor's patch geometry (the stock
     processor refuses to load without one; its other settings are the video processor's defaults)."""
 
-    stock_name: str
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
 
     def to_dict(self):
         out = super().to_dict()
-        out["processor_class"] = self.stock_name
         image = out["image_processor"]
         out.setdefault("video_processor", {"video_processor_type": "Qwen2VLVideoProcessor", **{
             key: image[key] for key in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")}})
         return out
 
-    def save_pretrained(self, save_directory, **kwargs):
-        saved = super().save_pretrained(save_directory, **kwargs)
-        # the processor tagged its tokenizer with its own class name while saving; tag it as the stock one again
-        self.tokenizer._set_processor_class(self.stock_name)
-        self.tokenizer.save_pretrained(save_directory)
-        return saved
+
+def _image_only(stock: type) -> type:
+    # Named as the stock class: transformers writes a processor's class name into `processor_config.json` and its
+    # tokenizer's `tokenizer_config.json`, and a directory saved under the stock name loads with the stock class.
+    return type(stock.__name__, (_ImageOnly, stock), {"__module__": __name__, "__doc__": _ImageOnly.__doc__})
 
 
-class ImageOnlyQwen2VLProcessor(_SavedAsStock, Qwen2VLProcessor):
-    stock_name = "Qwen2VLProcessor"
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
-
-
-class ImageOnlyQwen2_5_VLProcessor(_SavedAsStock, Qwen2_5_VLProcessor):
-    stock_name = "Qwen2_5_VLProcessor"
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
-
+ImageOnlyQwen2VLProcessor = _image_only(Qwen2VLProcessor)
+ImageOnlyQwen2_5_VLProcessor = _image_only(Qwen2_5_VLProcessor)
 
 _IMAGE_ONLY = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor}
 
