@@ -36,7 +36,7 @@ class DivergenceGuard(TrainerCallback):
         self.stopped_nonfinite = False
         self.skipped: list[int] = []  # steps whose update was dropped (on_nonfinite=skip_step)
         self._loss: Optional[torch.Tensor] = None
-        self._judged = self._dropped = 0  # since the last `window()` call
+        self._judged = self._dropped = self._nonfinite = 0  # since the last `window()` call
 
     def add_loss(self, loss: torch.Tensor) -> None:
         """Called by the trainer with each micro-batch's (detached) loss."""
@@ -52,6 +52,7 @@ class DivergenceGuard(TrainerCallback):
             self.recent.append(loss)
             return
         self._dropped += 1
+        self._nonfinite += nonfinite
         for p in model.parameters():  # the optimizer skips parameters without a gradient: no update at all
             p.grad = None
         if nonfinite and self.on_nonfinite == "skip_step":
@@ -75,10 +76,11 @@ class DivergenceGuard(TrainerCallback):
             control.should_save = False
             control.should_evaluate = False
 
-    def window(self) -> tuple[int, int]:
-        """(steps judged, steps whose update was dropped) since the previous call: the trainer asks at each log."""
-        counts = (self._judged, self._dropped)
-        self._judged = self._dropped = 0
+    def window(self) -> tuple[int, int, int]:
+        """(steps judged, steps whose update was dropped, those of them with a non-finite loss or gradient) since the
+        previous call: the trainer asks at each log."""
+        counts = (self._judged, self._dropped, self._nonfinite)
+        self._judged = self._dropped = self._nonfinite = 0
         return counts
 
     def judge(self, loss: float, norm: Optional[float]) -> tuple[Optional[str], bool]:

@@ -125,6 +125,8 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         (out / DATA_REPORT).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
     for line in skip_summary(report):
         say(line)
+    if report.train_samples == 0:  # the report is written; the Trainer would fail on an empty sampler
+        raise ConfigError(_no_train_samples(cfg, report.eval_samples))
     for warning in report.warnings[:10]:
         say(f"data warning: {warning}")
     for warning in [new_token_warning(prepared, cfg), *_schedule_warnings(cfg, len(prepared.data.train), args.world_size)]:
@@ -228,6 +230,14 @@ def _upload_callbacks(cfg: EmberConfig) -> list[Any]:
     from ember.training.hub import CheckpointUpload
 
     return [CheckpointUpload(cfg, say)]
+
+
+def _no_train_samples(cfg: EmberConfig, held_out: int) -> str:
+    causes = [f"data.eval_split={cfg.data.eval_split}"] if cfg.data.eval_split else []
+    causes += [f"split: eval for {spec.path}" for spec in cfg.data.datasets if spec.split == "eval"]
+    return (f"no training samples: the data gave {held_out} evaluation samples and none to train on"
+            f"{' (' + ', '.join(causes) + ')' if causes else ''}; lower data.eval_split or add a dataset with split: "
+            "train")
 
 
 def _plan_line(cfg: EmberConfig) -> str:

@@ -195,12 +195,13 @@ class EmberTrainer(Trainer):
         if "loss" in logs or self._clock is None:
             self._clock = (now, self._tokens_seen)
         if "loss" in logs and self._guard is not None:
-            judged, dropped = self._guard.window()
+            judged, dropped, nonfinite = self._guard.window()
             if dropped:
-                # transformers stands in for a non-finite loss with the window's mean so far (0 when the window is
-                # this one step): say how many steps were dropped, and show no loss where no step has one.
                 logs["dropped_steps"] = dropped
-                if dropped == judged:
+                # transformers stands in for a non-finite loss with the window's mean so far (0 when the window is
+                # this one step): show no loss where no step has a finite one. A step dropped for a spike or a
+                # collapse keeps its loss, which transformers logged as it was.
+                if nonfinite == judged:
                     logs["loss"] = float("nan")
         super().log(logs, start_time)
 

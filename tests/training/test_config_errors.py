@@ -76,6 +76,26 @@ def _config(tiny_run_config, overrides):
     return from_dict(EmberConfig, raw, "test")
 
 
+@pytest.mark.parametrize("overrides, cause", [
+    (["data.eval_split=0.99"], "(data.eval_split=0.99)"),
+    (["data.datasets=[{path: PATH, split: eval}]"], "(split: eval for PATH)"),
+])
+def test_no_training_samples_fails_after_the_data_report_before_the_model(tiny_run_config, monkeypatch, overrides,
+                                                                          cause):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model must not load without training samples")
+
+    monkeypatch.setattr("ember.models.loading.load_model", forbidden)
+    path = tiny_run_config().data.datasets[0].path
+    cfg = tiny_run_config(*(item.replace("PATH", path) for item in overrides))
+    with pytest.raises(ConfigError) as failed:
+        train(cfg)
+    assert str(failed.value) == (f"no training samples: the data gave 8 evaluation samples and none to train on "
+                                 f"{cause.replace('PATH', path)}; lower data.eval_split or add a dataset with "
+                                 "split: train")
+    assert (Path(cfg.output.dir) / "data_report.json").is_file()  # what the data gave is kept
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid with a CUDA GPU")
 def test_fp16_on_cpu_fails_with_the_fix(tiny_run_config, nothing_loads):
     with pytest.raises(ConfigError, match="train.fp16=true needs a CUDA GPU; on CPU use train.bf16=true"):

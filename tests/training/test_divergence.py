@@ -94,6 +94,17 @@ def test_learning_rate_1e6_collapses_the_model_and_is_stopped_with_exit_3(tiny_r
     assert not (out / "adapter_model.safetensors").exists()  # no final weights from a diverged run
 
 
+class LoggedSteps(TrainerCallback):
+    """Each optimizer step's logged values (loss, dropped_steps), as the log line shows them."""
+
+    def __init__(self):
+        self.steps: dict[int, dict] = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.steps[state.global_step] = dict(logs)
+
+
 @pytest.fixture
 def heavy_steps(monkeypatch) -> list[int]:
     """The optimizer steps whose batch holds a token with loss weight > 1 (where a weighted record lands)."""
@@ -116,8 +127,10 @@ def test_a_loss_spike_stops_the_run_and_keeps_the_checkpoint_before_it(tiny_run_
     data = tmp_path / "heavy.jsonl"
     write_dialogues(data, {5: 40.0})  # one answer weighs 40x: the loss of its step jumps far above the others
     out = tmp_path / "run"
+    logged = LoggedSteps()
     with pytest.raises(TrainingStopped) as caught:
-        train(tiny_run_config(f"data.datasets=[{{path: {data}}}]", *CHECKPOINTS, "train.max_steps=8"))
+        train(tiny_run_config(f"data.datasets=[{{path: {data}}}]", *CHECKPOINTS, "train.max_steps=8"),
+              callbacks=[logged])
     step = heavy_steps[0]
     assert step > 1 and heavy_steps == [step]  # stopped at the first heavy step: nothing ran after it
     message = str(caught.value)
@@ -126,6 +139,10 @@ def test_a_loss_spike_stops_the_run_and_keeps_the_checkpoint_before_it(tiny_run_
                      "Nothing after it was saved. The newest complete checkpoint, .*, is kept", message)
     assert f"checkpoint, {out / f'checkpoint-{step - 1}'}, is kept" in message
     assert [p.name for p in checkpoints.scan(out).complete] == [f"checkpoint-{step - 1}"]
+    # its update was dropped, and its loss is logged as it was (only a non-finite one is logged as nan)
+    jumped = float(re.search(r"the loss jumped to ([0-9.]+),", message).group(1))
+    assert logged.steps[step]["dropped_steps"] == 1 and logged.steps[step]["loss"] == pytest.approx(jumped, rel=1e-3)
+    assert all("dropped_steps" not in logs for s, logs in logged.steps.items() if s != step)
 
 
 class WeightSnapshots(TrainerCallback):
