@@ -10,6 +10,9 @@ from ember.evaluation.runs import TASKS, EvalSettings
 
 
 def _settings(args, generating: bool = True) -> EvalSettings:
+    from ember.inference.cli import check_generation_args
+
+    check_generation_args(args)  # --max-new-tokens: the range chat and serve accept
     return EvalSettings(out=args.out, limit=args.limit, seed=args.seed, batch_size=args.batch_size, label=args.label,
                         progress=not args.no_progress, max_new_tokens=getattr(args, "max_new_tokens", 512),
                         history_max_tokens=getattr(args, "history_max_tokens", None),

@@ -17,12 +17,13 @@ says (contains its text): an answer that names nothing, or gibberish, is not a c
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 from ember.errors import DataError, EmberError
 from ember.evaluation.generate import GenerateFn, generate_all
-from ember.evaluation.outputs import percent, read_jsonl
+from ember.evaluation.outputs import percent
 from ember.evaluation.text_metrics import text_scores
 
 PROMPT_FIELDS = ("instruction", "input", "prompt", "question")  # instruction first: Alpaca also has `input`
@@ -34,18 +35,25 @@ METRICS = ("bleu-4", "rouge-1", "rouge-2", "rouge-l")
 def load_gen_dataset(path: str, prompt_field: Optional[str] = None, reference_field: Optional[str] = None,
                      limit: Optional[int] = None) -> list[dict]:
     """Records normalized to {id, prompt, reference, answer_choices, group}."""
-    from ember.data.files import iter_records
-
     rows = []
-    for source, record in iter_records(path):
-        if isinstance(record, DataError):
-            raise record
+    for source, record in _records(path):
         rows.append(_normalize(source, record, prompt_field, reference_field, len(rows)))
         if limit is not None and len(rows) >= limit:
             break
     if not rows:
         raise EmberError(f"{path} holds no records to evaluate")
     return rows
+
+
+def _records(path: str) -> Iterator[tuple[str, dict]]:
+    """(file:line, record) as training's readers read them; the first unreadable record (not UTF-8, not JSON)
+    raises its DataError, which names the file and line."""
+    from ember.data.files import iter_records
+
+    for source, record in iter_records(path):
+        if isinstance(record, DataError):
+            raise record
+        yield source, record
 
 
 def _pick(record: dict, given: Optional[str], candidates: tuple[str, ...], what: str, source: str) -> str:
@@ -109,11 +117,12 @@ def load_predictions(path: str) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise EmberError(f"predictions file not found: {p}")
-    rows = read_jsonl(p)
-    for i, row in enumerate(rows):
+    rows = []
+    for source, row in _records(path):
         missing = [k for k in ("prediction", "reference") if k not in row]
         if missing:
-            raise EmberError(f"{p}:{i + 1}: a predictions record needs 'prediction' and 'reference'; missing {missing}")
+            raise DataError(source, None, f"a predictions record needs 'prediction' and 'reference'; missing {missing}")
+        rows.append(row)
     return rows
 
 

@@ -115,6 +115,10 @@ def export(model: str, to: str, adapter: Optional[str] = None, fmt: str = "hf", 
 
     if fmt not in ("hf", "gguf"):
         raise ConfigError(f"--format {fmt!r}: choose hf (a merged transformers directory) or gguf")
+    if fmt == "hf" and Path(to).suffix.lower() == ".gguf":
+        # --format alone chooses what is written; a directory named *.gguf would read back as a (missing) GGUF file
+        raise ConfigError(f"--to {to} names a GGUF file, but --format hf (the default) writes a directory: add "
+                          "--format gguf to write a GGUF file, or give --to a directory name")
     if fmt == "gguf":
         check_type(gguf_type)  # before the (slow) merge
     merged = merge(model, adapter)

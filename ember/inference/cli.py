@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from ember.config.schema import DEFAULT_MODEL
-from ember.inference.completion import GenerationOptions
+from ember.errors import ConfigError
+from ember.inference.completion import MIN_TEMPERATURE, RANGES, GenerationOptions, option_problem
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -20,6 +21,24 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-beams", type=int, default=1)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--seed", type=int, default=None)
+
+
+def check_generation_args(args) -> None:
+    """Refuse, before any model loads, generation flags outside the ranges `ember serve` accepts in a request (one
+    table for both: ember.inference.completion.RANGES). Commands without some of the flags are checked on the rest.
+
+    Raises:
+        ConfigError: names the flag, its value and the accepted range.
+    """
+    for name in RANGES:
+        value = getattr(args, name, None)
+        problem = option_problem(name, value)
+        if problem:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} {problem}")
+    if getattr(args, "do_sample", False) and args.temperature == 0:
+        # serve reads temperature 0 as greedy; sampling at it would divide the logits by zero
+        raise ConfigError(f"--temperature 0 means greedy decoding, which --do-sample contradicts: sample at a "
+                          f"temperature from {MIN_TEMPERATURE} to {RANGES['temperature'].le}, or leave out --do-sample")
 
 
 def options_from_args(args, generation_config=None) -> GenerationOptions:
@@ -47,6 +66,7 @@ def cmd_chat(args) -> int:
     from ember.inference.chat import ChatSession, print_calls, print_prompt, run_chat
     from ember.inference.engine import Engine
 
+    check_generation_args(args)
     engine = Engine.load(args.model, args.adapter)
     options = options_from_args(args, getattr(engine.model, "generation_config", None))
     session = ChatSession(engine, options, system=args.system, history_max_tokens=args.history_max_tokens,
@@ -74,7 +94,6 @@ def read_tools(path: str) -> list[dict]:
     from pathlib import Path
 
     from ember.data.tools import normalize_tools
-    from ember.errors import ConfigError
 
     file = Path(path)
     if not file.is_file():

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 INCOMPLETE = "\ufffd"  # what decoding shows for a character whose UTF-8 bytes have not all arrived yet
+MIN_TEMPERATURE = 0.01  # below this (but above 0) float32 sampling overflows; 0 means greedy
+MAX_NEW_TOKENS = 2**31 - 1  # far above any context length, and exact as a JSON number
 
 
 @dataclass
@@ -42,6 +44,54 @@ class GenerationOptions:
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     top_logprobs: Optional[int] = None  # None: no log-probabilities
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values one generation option accepts. One source for every front end: serve's request schema declares
+    it (`Field(**vars(range))`), and the flags of chat, serve and webui are checked against it (`option_problem`),
+    so a value one of them refuses the others refuse too."""
+
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+
+    def __contains__(self, value: float) -> bool:
+        # Each bound is a positive test, so NaN lies outside every range.
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le))
+
+    def __str__(self) -> str:
+        bounds = [f"{words} {bound}" for words, bound in (("of at least", self.ge), ("above", self.gt),
+                                                          ("at most", self.le)) if bound is not None]
+        return " and ".join(bounds)
+
+
+# OpenAI's ranges where its API has the option (temperature, top_p, the penalties); the others keep the arithmetic
+# sound (no beams is no answer; a penalty of 0 divides by zero).
+RANGES = {
+    "max_new_tokens": Range(ge=1, le=MAX_NEW_TOKENS),
+    "temperature": Range(ge=0, le=2),
+    "top_p": Range(gt=0, le=1),
+    "repetition_penalty": Range(gt=0),
+    "num_beams": Range(ge=1),
+    "presence_penalty": Range(ge=-2, le=2),
+    "frequency_penalty": Range(ge=-2, le=2),
+}
+
+
+def option_problem(name: str, value: Any) -> Optional[str]:
+    """Why `value` is refused for the generation option `name`, as the end of a sentence that starts with the
+    option and its value ("is out of range: ..."); None when it is accepted (or unset)."""
+    allowed = RANGES.get(name)
+    if value is None or allowed is None:
+        return None
+    if value not in allowed:
+        return f"is out of range: use a value {allowed}"
+    if name == "temperature" and 0 < value < MIN_TEMPERATURE:
+        return (f"is too small to sample with: use 0 for greedy decoding or a value from {MIN_TEMPERATURE} to "
+                f"{allowed.le}")
+    return None
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -51,12 +51,21 @@ def _image_tokens(net, tokenizer, token_dir: Optional[Path], base_cfg: ModelConf
 
 def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "auto",
                        dequantize: bool = False) -> LoadedModel:
-    """`model`: an Ember output dir (adapter or full weights), a HF dir, a .gguf file or a registry name.
-    `dequantize`: a GPTQ/AWQ base becomes plain `nn.Linear` layers before the adapter attaches (export merges)."""
+    """Load a model for chat, serve, eval and export.
+
+    Args:
+        model: an Ember output dir (adapter or full weights), a HF dir, a .gguf file, a registry name or a hub id.
+        adapter: a LoRA adapter dir to put on `model`.
+        dequantize: a GPTQ/AWQ base becomes plain `nn.Linear` layers before the adapter attaches (export merges).
+
+    Raises:
+        ConfigError: no adapter at `adapter`; `model` (or the adapter's base) is neither a local model nor a hub
+            repository that can be had (the hub is off and it is not cached, or the hub does not have it).
+    """
     import torch
     from transformers import AutoTokenizer
 
-    from ember.models.loading import load_model, load_tokenizer
+    from ember.models.loading import check_reachable, hub_model_id, load_model, load_tokenizer
 
     path = Path(model)
     adapter_dir = Path(adapter) if adapter else (path if (path / "adapter_config.json").is_file() else None)
@@ -73,12 +82,26 @@ def load_for_inference(model: str, adapter: Optional[str] = None, dtype: str = "
     else:
         base_cfg = ModelConfig(name_or_path=model)
     base_cfg.dtype = dtype if dtype != "auto" else ("auto" if torch.cuda.is_available() else "float32")
+    # A missing run directory written ORG/NAME-like (runs/typo) reads as a hub id: say so in one line, not with
+    # transformers' download traceback.
+    key = "--model" if base_cfg.name_or_path == model else f"{adapter_dir}'s base model"
+    check_reachable(replace(base_cfg, tokenizer=None), key)  # a run's tokenizer is read from the run directory
 
     token_dir = adapter_dir if adapter_dir is not None else (path if (path / "tokenizer_config.json").is_file() else None)
-    tokenizer = AutoTokenizer.from_pretrained(token_dir) if token_dir else load_tokenizer(base_cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(token_dir) if token_dir else load_tokenizer(base_cfg)
+        net = load_model(base_cfg, vocab_size=len(tokenizer))
+    except OSError as exc:  # the hub is on but does not have it (or cannot be reached)
+        hub = hub_model_id(base_cfg)
+        if hub is None:
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{key}={base_cfg.name_or_path}: there is no local directory "
+                          f"{Path(base_cfg.name_or_path).expanduser().absolute()}, and the hub repository {hub} "
+                          f"could not be loaded ({reason}); give an existing run or model directory, or a hub id "
+                          "you can access") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    net = load_model(base_cfg, vocab_size=len(tokenizer))
     if dequantize:
         from ember.models.quantized import dequantize as dequantize_layers, is_prequantized
 

@@ -81,24 +81,26 @@ def hub_model_id(cfg: ModelConfig) -> Optional[str]:
     return _hub_id(cfg.name_or_path)
 
 
-def check_reachable(cfg: ModelConfig) -> None:
+def check_reachable(cfg: ModelConfig, key: str = "model.name_or_path") -> None:
     """Fail before anything loads when the model or tokenizer is a hub id that cannot be had: the hub is switched
-    off (HF_HUB_OFFLINE=1) and the repository is not in the local cache (transformers would fail deep in loading)."""
+    off (HF_HUB_OFFLINE=1) and the repository is not in the local cache (transformers would fail deep in loading).
+    `key` names where the user gave `name_or_path` (a config key, or a flag such as --model)."""
     from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
 
     if not is_offline_mode():
         return
     family = cfg.random_init and _random_init_type(cfg.name_or_path) is not None  # built here: no download
-    wanted = [] if family else [("model.name_or_path", cfg.name_or_path, "config.json")]
+    wanted = [] if family else [(key, cfg.name_or_path, "config.json")]
     if cfg.tokenizer:
         wanted.append(("model.tokenizer", cfg.tokenizer, "tokenizer_config.json"))
-    for key, name, probe in wanted:
+    for where, name, probe in wanted:
         hub = _hub_id(name, cfg.hub)
         if hub is not None and not isinstance(try_to_load_from_cache(hub, probe, revision=cfg.revision), str):
             raise ConfigError(
-                f"{key}={name} is the hub repository {hub}, but the hub is switched off (HF_HUB_OFFLINE=1) and it is "
+                f"{where}={name} is the hub repository {hub}, but the hub is switched off (HF_HUB_OFFLINE=1) and it is "
                 f"not in the local cache ({constants.HF_HUB_CACHE}): download it once with the network on "
-                f"(huggingface-cli download {hub}), or give a local directory"
+                f"(huggingface-cli download {hub}), or give a local directory (there is none at "
+                f"{Path(name).expanduser().absolute()})"  # an ORG/NAME id is often a mistyped run directory
             )
 
 

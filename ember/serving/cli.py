@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ember.config.schema import DEFAULT_MODEL
-from ember.inference.cli import add_generation_options, options_from_args
+from ember.inference.cli import add_generation_options, check_generation_args, options_from_args
 
 
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -18,20 +18,32 @@ def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
 def _load(args):
     from ember.inference.engine import Engine
 
+    check_generation_args(args)
     engine = Engine.load(args.model, args.adapter)
     return engine, options_from_args(args, getattr(engine.model, "generation_config", None))
+
+
+def check_port(port: int) -> None:
+    """Raises ConfigError for a number that is no TCP port (the socket layer would take 99999 modulo 65536, and
+    report -1 as a bad host)."""
+    from ember.errors import ConfigError
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port: use a number from 0 to 65535")
 
 
 def bind_port(host: str, port: int):
     """Take the port before anything slow happens, so a busy port fails in a second, not after the model loads.
 
     Raises:
-        ConfigError: the address is in use or cannot be bound (the message names it and the fix).
+        ConfigError: the port is out of range, or the address is in use or cannot be bound (the message names it
+            and the fix).
     """
     import socket
 
     from ember.errors import ConfigError
 
+    check_port(port)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -70,6 +82,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_webui(args) -> int:
+    check_port(args.port)
     from ember.serving.webui import build_ui
 
     engine, defaults = _load(args)

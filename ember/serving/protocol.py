@@ -19,16 +19,14 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationInfo, WithJsonSchema, field_validator, model_validator)
 
 from ember.data.images import IMAGE_MARKER
-from ember.inference.completion import Completion, TokenLogprob
+from ember.inference.completion import MIN_TEMPERATURE, RANGES, Completion, TokenLogprob, option_problem
 from ember.serving.tools import MAX_TOOLS, Tool, ToolCallIn, ToolChoice, check_choice
 
 MAX_CHOICES = 8
 MAX_STOP = 4
-MIN_TEMPERATURE = 0.01  # below this (but above 0) float32 sampling overflows; 0 means greedy
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300
 INT64 = 2**63
-MAX_TOKENS = 2**31 - 1  # far above any context length, and exact as a JSON number
 
 
 class APIError(Exception):
@@ -82,16 +80,22 @@ TokenId = Annotated[int, Field(ge=0, lt=INT64)]
 
 
 def _temperature(value: Optional[float]) -> Optional[float]:
-    if value is not None and 0 < value < MIN_TEMPERATURE:
-        raise ValueError(f"temperature {value!r} is too small to sample with: use 0 for greedy decoding or a value "
-                         f"from {MIN_TEMPERATURE} to 2")
+    problem = option_problem("temperature", value)
+    if problem:
+        raise ValueError(f"temperature {value!r} {problem}")
     return value
 
 
+def _within(option: str) -> dict[str, Any]:
+    """Field constraints of a request field from the range chat and the server's flags accept for `option`."""
+    return vars(RANGES[option])
+
+
 Temperature = Annotated[
-    Optional[float], Field(ge=0, le=2), AfterValidator(_temperature),
+    Optional[float], Field(**_within("temperature")), AfterValidator(_temperature),
     WithJsonSchema({"anyOf": [{"type": "number", "enum": [0]},
-                              {"type": "number", "minimum": MIN_TEMPERATURE, "maximum": 2}, {"type": "null"}],
+                              {"type": "number", "minimum": MIN_TEMPERATURE, "maximum": RANGES["temperature"].le},
+                              {"type": "null"}],
                     "description": "0 = greedy; otherwise sample at this temperature (unset: server default)"}),
 ]
 LogitBias = Annotated[
@@ -137,16 +141,16 @@ class SamplingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: Text
-    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
+    max_tokens: Optional[int] = Field(None, **_within("max_new_tokens"))
     temperature: Temperature = None
-    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_p: Optional[float] = Field(None, **_within("top_p"))
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stop: Union[NonEmptyText, Annotated[list[NonEmptyText], Field(max_length=MAX_STOP)], None] = None
     seed: Optional[int] = Field(None, ge=-INT64, lt=INT64)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
-    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    presence_penalty: Optional[float] = Field(None, **_within("presence_penalty"))
+    frequency_penalty: Optional[float] = Field(None, **_within("frequency_penalty"))
     logit_bias: LogitBias = None
     user: Optional[Text] = None
     best_of: Annotated[Any, BeforeValidator(_best_of),
@@ -263,7 +267,7 @@ ResponseFormat = Annotated[Union[TextFormat, JsonObjectFormat, JsonSchemaRespons
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: Optional[int] = Field(None, **_within("max_new_tokens"))
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: Optional[ResponseFormat] = None

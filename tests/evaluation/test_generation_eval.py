@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ember.cli import main
+from ember.errors import DataError
 from ember.evaluation.generation_eval import (generate_predictions, load_gen_dataset, named_choices,
                                               score_predictions)
 from ember.evaluation.text_metrics import text_scores
@@ -77,6 +78,35 @@ def test_cli_scores_a_predictions_file(tmp_path, capsys):
     assert [i["rouge-2"] for i in items] == [80.0, 60.0]
     assert main(["eval", "gen", "--out", str(out)]) == 2  # neither --data nor --predictions: a readable error
     assert "either --data" in capsys.readouterr().err
+
+
+def test_a_predictions_file_is_read_and_checked_as_data_files_are(tmp_path, capsys):
+    """A non-UTF-8 line once gave a UnicodeDecodeError traceback under --predictions, a clean file:line under --data."""
+    from ember.evaluation.generation_eval import load_predictions
+
+    preds = tmp_path / "preds.jsonl"
+    preds.write_bytes(b'{"prompt": "q", "prediction": "p", "reference": "r"}\n'
+                      b'{"prompt": "q", "prediction": "caf\xe9", "reference": "r"}\n')  # Latin-1, as some editors save
+    expected = f"{preds}:2: not valid UTF-8 (byte 0xe9 at column 35): re-save the file as UTF-8"
+    assert main(["eval", "gen", "--predictions", str(preds), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+    with pytest.raises(DataError) as by_data:
+        load_gen_dataset(str(preds))
+    assert str(by_data.value) == expected  # the --data path says the same
+
+    preds.write_text("\n" + json.dumps({"prediction": "p"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"^.*preds.jsonl:2: a predictions record needs 'prediction' and 'reference'; "
+                                        r"missing \['reference'\]$"):
+        load_predictions(str(preds))  # the line number counts the blank line
+
+
+def test_max_new_tokens_is_checked_as_chat_checks_it(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "reference": "r"}) + "\n", encoding="utf-8")
+    assert main(["eval", "gen", "--model", "unused", "--data", str(data), "--max-new-tokens", "0",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("error: --max-new-tokens 0 is out of range: use a value of at least 1 and at "
+                                       "most 2147483647\n")
 
 
 def test_conversation_records_give_their_context_and_last_answer(tmp_path):

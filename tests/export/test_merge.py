@@ -116,6 +116,23 @@ def test_export_never_overwrites(base_dir, tmp_path):
     assert (tmp_path / "taken" / "x").read_text() == "keep"
 
 
+@pytest.mark.parametrize("to", ["x.gguf", "X.GGUF"])
+def test_a_gguf_name_without_format_gguf_is_refused_before_merging(base_dir, tmp_path, monkeypatch, capsys, to):
+    """--format hf (the default) once wrote a directory named x.gguf, which then read back as a missing GGUF file."""
+    from ember.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("merged before the arguments were checked")
+
+    monkeypatch.setattr("ember.export.merge.merge", never)
+    target = tmp_path / to
+    assert main(["export", "--model", str(base_dir), "--to", str(target)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --to {target} names a GGUF file, but --format hf (the default) writes a directory: add --format "
+        "gguf to write a GGUF file, or give --to a directory name\n")
+    assert not target.exists()
+
+
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_smollm2_adapter_merge_matches(smollm2_adapter_run, smollm2_engine, tmp_path):

@@ -95,3 +95,36 @@ def test_prompt_answers_once(monkeypatch, capsys, tiny_llm_dir, tiny_engine):
 def test_blank_lines_are_skipped(monkeypatch, capsys, tiny_llm_dir, text):
     assert run_cli(monkeypatch, capsys, ["chat", "--model", tiny_llm_dir], stdin=f"{text}\n/exit\n") == ""
 
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-beams", "0"], "--num-beams 0 is out of range: use a value of at least 1"),
+    (["--temperature", "-1", "--do-sample"], "--temperature -1.0 is out of range: use a value of at least 0 and at most 2"),
+    (["--temperature", "nan", "--do-sample"], "--temperature nan is out of range: use a value of at least 0 and at most 2"),
+    (["--temperature", "0.005", "--do-sample"], "--temperature 0.005 is too small to sample with: use 0 for greedy "
+                                                "decoding or a value from 0.01 to 2"),
+    (["--temperature", "0", "--do-sample"], "--temperature 0 means greedy decoding, which --do-sample contradicts: "
+                                            "sample at a temperature from 0.01 to 2, or leave out --do-sample"),
+    (["--top-p", "2"], "--top-p 2.0 is out of range: use a value above 0 and at most 1"),
+    (["--top-p", "0"], "--top-p 0.0 is out of range: use a value above 0 and at most 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0 is out of range: use a value of at least 1 and at most 2147483647"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens -1 is out of range: use a value of at least 1 and at most 2147483647"),
+    (["--repetition-penalty", "0"], "--repetition-penalty 0.0 is out of range: use a value above 0"),
+])
+def test_generation_flags_serve_would_refuse_are_refused_before_loading(monkeypatch, capsys, flags, message):
+    def never(*args, **kwargs):
+        raise AssertionError("the model loaded before the flags were checked")
+
+    monkeypatch.setattr("ember.inference.engine.Engine.load", never)
+    from ember.cli import main
+
+    assert main(["chat", "--model", "unused", "--prompt", "hi", *flags]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_the_edges_of_the_generation_ranges_are_accepted(monkeypatch, capsys, tiny_llm_dir):
+    for flags in (["--temperature", "2", "--top-p", "1", "--do-sample", "--seed", "0"],
+                  ["--temperature", "0.01", "--do-sample", "--seed", "0"],
+                  ["--temperature", "0"], ["--num-beams", "1", "--repetition-penalty", "1.5"]):
+        run_cli(monkeypatch, capsys, ["chat", "--model", tiny_llm_dir, "--prompt", "hi", "--max-new-tokens", "1",
+                                      *flags])  # asserts exit code 0

@@ -73,6 +73,22 @@ def test_the_edge_values_themselves_are_accepted(api):
         assert chat(api, **fields).status_code == 200
 
 
+@pytest.mark.parametrize("option, field, value", [
+    ("temperature", "temperature", -1), ("temperature", "temperature", 2.5), ("temperature", "temperature", 0.005),
+    ("top_p", "top_p", 0), ("top_p", "top_p", 1.5), ("max_new_tokens", "max_tokens", 0),
+])
+def test_chat_flags_refuse_what_requests_refuse(api, option, field, value):
+    """One table of ranges (ember.inference.completion.RANGES) for serve's requests and the generation flags."""
+    from types import SimpleNamespace
+
+    from ember.errors import ConfigError
+    from ember.inference.cli import check_generation_args
+
+    assert_openai_error(chat(api, **{field: value}), 400, field)
+    with pytest.raises(ConfigError, match=f"^--{option.replace('_', '-')} {value} is "):
+        check_generation_args(SimpleNamespace(**{option: value}, do_sample=True))
+
+
 def test_deeply_nested_json_is_400(api):
     error = assert_openai_error(post(api, "/v1/chat/completions", b"[" * 200_000 + b"]" * 200_000), 400)
     assert "could not parse" in error["message"]
@@ -246,6 +262,16 @@ def test_serve_on_a_busy_port_fails_before_loading_the_model(capsys):
     assert code == 2 and time.monotonic() - started < 5
     assert f"cannot listen on 127.0.0.1:{port}" in err and "pick another --port" in err
     assert "/no/such/model/dir" not in err  # the model was never looked at
+
+
+@pytest.mark.parametrize("command, port", [("serve", "99999"), ("serve", "65536"), ("serve", "-1"),
+                                           ("webui", "99999")])
+def test_a_port_outside_0_to_65535_is_refused(capsys, command, port):
+    """99999 once bound 34463 (the socket layer takes it modulo 65536); -1 was reported as a bad host."""
+    from ember.cli import main
+
+    assert main([command, "--model", "/no/such/model/dir", "--port", port]) == 2
+    assert capsys.readouterr().err == f"error: --port {port} is not a TCP port: use a number from 0 to 65535\n"
 
 
 def test_a_chunked_body_over_the_limit_is_413_too(api):
