@@ -226,8 +226,9 @@ class TrainConfig:
         "and is more than 1 nat above it, or when the gradient is exactly 0 while the loss is not (a collapsed "
         "model); null turns these divergence checks off (non-finite numbers are always caught)")})
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": (
-        "any other TrainingArguments field, checked by name: {adam_beta2: 0.95}; push_to_hub is refused (use "
-        "output.push_to_hub, which uploads only sealed checkpoints and the finished run)")})
+        "any other TrainingArguments field, checked by name and type: {adam_beta2: 0.95}; not one a typed key sets "
+        "(train.learning_rate, output.dir, ...); push_to_hub is refused (use output.push_to_hub, which uploads only "
+        "sealed checkpoints and the finished run)")})
 
 
 @dataclass
@@ -265,7 +266,8 @@ class OutputConfig:
     dir: str = field(default="runs/demo", metadata={"help": (
         "where the run writes its weights or adapter, tokenizer, resolved config, reports and checkpoints")})
     overwrite: bool = field(default=False, metadata={"help": (
-        "true = train into a directory that already holds checkpoints, without resuming")})
+        "true = train into a directory that holds an earlier run (checkpoints or finished weights) without resuming: "
+        "that run's checkpoints, weights and records are removed first")})
     plot_loss: bool = field(default=True, metadata={"help": "loss.png at the end"})
     push_to_hub: Optional[str] = field(default=None, metadata={"help": (
         "upload the run to this hub repository (ORG/NAME) with a generated model card (README.md); rank 0 only; a "

@@ -22,6 +22,8 @@ def validate(cfg: EmberConfig) -> EmberConfig:
             raise ConfigError(f"data.datasets[{i}] ({spec.path}): give either samples or ratio, not both")
         if spec.ratio is not None and spec.ratio <= 0:
             raise ConfigError(f"data.datasets[{i}] ({spec.path}): ratio must be > 0")
+        if spec.samples is not None and spec.samples <= 0:
+            raise ConfigError(f"data.datasets[{i}] ({spec.path}): samples must be > 0")
         if cfg.stage == "sft" and spec.format == "text":
             raise ConfigError(f"data.datasets[{i}] ({spec.path}): format 'text' is raw text; use stage: pt")
         _check_stage_format(cfg.stage, i, spec)
@@ -68,6 +70,7 @@ def validate(cfg: EmberConfig) -> EmberConfig:
         raise ConfigError("train.bf16 and train.fp16 are both true: choose one")
     _check_numbers(train, method.embedding_learning_rate)
     _check_reporting(train)
+    _check_extra(train)
     if train.eval_strategy != "no" and data.eval_split == 0 and not any(s.split == "eval" for s in data.datasets):
         raise ConfigError(
             f"train.eval_strategy={train.eval_strategy} but there is no validation data: "
@@ -236,6 +239,46 @@ def _check_reporting(train) -> None:
             "still being written); set output.push_to_hub: ORG/NAME instead (with output.hub, output.hub_private, "
             "output.push_strategy: end | every_save), and remove train.extra." + ", train.extra.".join(hub_keys)
         )
+
+
+# TrainingArguments the typed config sets under another name (ember.training.arguments)
+_SET_ELSEWHERE = {"output_dir": "output.dir"}
+# Annotated str, but TrainingArguments reads more: fsdp also takes a list of options (or true)
+_WIDER_THAN_ANNOTATED = {"fsdp"}
+
+
+def _check_extra(train) -> None:
+    """train.extra goes to TrainingArguments as is: a key that shadows a typed one would skip that key's checks, and a
+    value of the wrong type would fail only after the model has loaded."""
+    if not train.extra:
+        return
+    import dataclasses
+    import difflib
+    import types
+    import typing
+
+    from transformers import TrainingArguments
+
+    from ember.config.loader import coerce
+
+    typed = {f.name: f"train.{f.name}" for f in dataclasses.fields(train) if f.name != "extra"} | _SET_ELSEWHERE
+    hints = typing.get_type_hints(TrainingArguments)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key, value in train.extra.items():
+        if key in typed:
+            raise ConfigError(f"train.extra.{key} would override {typed[key]} and skip its checks: set "
+                              f"{typed[key]}={value} instead and remove train.extra.{key}")
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            raise ConfigError(f"train.extra.{key} is not a TrainingArguments field"
+                              + (f"; did you mean '{close[0]}'?" if close else ""))
+        tp = fields[key]
+        union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        kinds = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+        # Only plain annotations are checked: enums, dicts and classes take forms TrainingArguments converts itself.
+        if key not in _WIDER_THAN_ANNOTATED and all(k in (bool, int, float, str) for k in kinds):
+            # stored converted: YAML 1.1 reads `adam_epsilon: 1e-8` (no dot) as a string
+            train.extra[key] = coerce(tp, value, f"train.extra.{key}")
 
 
 def config_warnings(cfg: EmberConfig) -> list[str]:

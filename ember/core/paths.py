@@ -74,6 +74,8 @@ def check_writable(path: Path) -> None:
 
     from ember.errors import ConfigError
 
+    if Path(path).is_dir():
+        raise ConfigError(f"cannot write {path}: it is a folder, not a file")
     folder = Path(path).parent
     blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():

@@ -20,11 +20,12 @@ from typing import Optional
 
 from ember.config.loader import to_dict
 from ember.config.schema import DataConfig
-from ember.core.paths import cache_root, file_digest, file_lock
+from ember.core.paths import cache_root, check_writable, file_digest, file_lock
 from ember.data.pipeline import ProcessedData, process
 from ember.data.recipes import Recipe
 from ember.data.render import Renderer, tokenizer_identity
 from ember.data.report import DataReport
+from ember.errors import ConfigError
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "3"  # bump when the processing code changes what it produces (3: nulls absent, record accounting)
@@ -75,7 +76,13 @@ def load_or_process(data: DataConfig, recipe: Recipe, tokenizer, renderer: Optio
     root = cache_dir(data)
     key = cache_key(data, recipe, tokenizer, renderer)
     entry = root / key
-    with file_lock(root / f"{key}.lock"):
+    lock = root / f"{key}.lock"
+    try:  # the lock is the first file written here
+        check_writable(lock)
+    except ConfigError as exc:
+        where = f"data.cache_dir={data.cache_dir}" if data.cache_dir else "the data cache ($EMBER_CACHE/data)"
+        raise ConfigError(f"{where}: {exc}; give a folder that can be written, or data.cache: false") from None
+    with file_lock(lock):
         if (entry / _FILES).is_file():
             return _load(entry, recipe), True
         work = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))

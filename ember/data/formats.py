@@ -215,8 +215,9 @@ def from_columns(record: dict[str, Any], source: str, columns: dict[str, str]) -
     if "prompt" not in mapping or "response" not in mapping:
         pair = next(((a, b) for a, b in COLUMN_PAIRS if a in record and b in record), None)
         if pair is None:
-            raise DataError(source, None, f"no prompt/response columns found in {sorted(record)}; set columns: "
-                                          "{prompt: NAME, response: NAME} in the dataset entry")
+            raise DataError(source, None, f"this record has no prompt/response column pair (its fields: "
+                                          f"{sorted(record)}); set columns: {{prompt: NAME, response: NAME}} in the "
+                                          "dataset entry")
         mapping.setdefault("prompt", pair[0])
         mapping.setdefault("response", pair[1])
     prompt = _require(record, mapping["prompt"], source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from ember.errors import ConfigError
 
@@ -30,7 +31,7 @@ def _target(gpus, gpu_memory):
         return machine_target()
     if gpus is not None and gpus < 1:
         raise ConfigError(f"--gpus {gpus}: give at least 1")
-    if gpu_memory is not None and gpu_memory <= 0:
+    if gpu_memory is not None and not (math.isfinite(gpu_memory) and gpu_memory > 0):  # argparse's float takes nan, inf
         raise ConfigError(f"--gpu-memory {gpu_memory}: give the memory of one GPU in GiB, e.g. --gpu-memory 80")
     if gpu_memory is None:
         if not torch.cuda.is_available():

@@ -1,9 +1,8 @@
-"""`train:` section → `transformers.TrainingArguments` (same names; `extra` is checked against its fields)."""
+"""`train:` section → `transformers.TrainingArguments` (same names; `extra` passes through, checked in validate)."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 
@@ -22,12 +21,7 @@ _NOT_PASSED = {"extra", "resume_from_checkpoint", "bf16", "use_cpu", "gradient_c
 def training_arguments(cfg: EmberConfig):
     from transformers import TrainingArguments
 
-    t = cfg.train
-    valid = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for key in t.extra:
-        if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=1)
-            raise ConfigError(f"train.extra.{key} is not a TrainingArguments field" + (f"; did you mean '{close[0]}'?" if close else ""))
+    t = cfg.train  # validated: train.extra holds TrainingArguments fields of their types (ember.config.validate)
     kwargs = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in _NOT_PASSED}
     use_cpu = t.use_cpu if t.use_cpu is not None else not torch.cuda.is_available()
     bf16 = t.bf16 if t.bf16 is not None else (bf16_supported() and not t.fp16 and cfg.method.type != "qlora")

@@ -17,6 +17,7 @@ from ember.config.schema import EmberConfig
 from ember.errors import ConfigError, TrainingStopped
 from ember.core.artifacts import DATA_REPORT, write_metadata
 from ember.models.forward import base_model
+from ember.training.output_dir import clear_previous_run, finished_weights
 from ember.training.distributed import (fsdp_without_gpus, is_main_process, main_process_first, rank,
                                         start_deepspeed_comm)
 
@@ -38,7 +39,8 @@ def say(message: str) -> None:
 
 def resolve_resume(cfg: EmberConfig) -> Optional[str]:
     """The checkpoint to continue from: `auto` takes the newest complete one and names the incomplete ones it passed
-    over; an explicit path must be complete."""
+    over; an explicit path must be complete. A run that starts from step 0 into an earlier run's checkpoints or
+    finished weights needs output.overwrite (see ember.training.output_dir)."""
     from ember.training import checkpoints
 
     value = cfg.train.resume_from_checkpoint
@@ -47,12 +49,11 @@ def resolve_resume(cfg: EmberConfig) -> Optional[str]:
         found = checkpoints.scan(out)
         if found.partial:
             say(f"resume: ignoring {len(found.partial)} incomplete checkpoint(s): {found.describe_partial()}")
-        if found.newest is None:
-            say(f"resume: no complete checkpoint in {out}; starting from step 0")
-            return None
-        say(f"resume: continuing from {found.newest}")
-        return str(found.newest)
-    if value:
+        if found.newest is not None:
+            say(f"resume: continuing from {found.newest}")
+            return str(found.newest)
+        say(f"resume: no complete checkpoint in {out}; starting from step 0")
+    elif value:
         path = Path(value)
         if not path.is_dir():
             raise ConfigError(f"train.resume_from_checkpoint: {value} is not a checkpoint directory")
@@ -63,11 +64,15 @@ def resolve_resume(cfg: EmberConfig) -> Optional[str]:
                 "train.resume_from_checkpoint=auto takes the newest complete one"
             )
         return value
-    if out.is_dir() and any(out.glob("checkpoint-*")) and not cfg.output.overwrite:
+    elif out.is_dir() and any(out.glob("checkpoint-*")) and not cfg.output.overwrite:
         raise ConfigError(
             f"{out} already holds checkpoints: continue with train.resume_from_checkpoint=auto, "
             "or start over with output.overwrite=true (or another output.dir)"
         )
+    finished = finished_weights(out)
+    if finished and not cfg.output.overwrite:
+        raise ConfigError(f"{out} holds a finished run ({', '.join(finished)}): train into another output.dir, or "
+                          "replace that run with output.overwrite=true")
     return None
 
 
@@ -96,6 +101,9 @@ def train(cfg: EmberConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     for warning in config_warnings(cfg):
         say(f"warning: {warning}")
     resume = resolve_resume(cfg)
+    if resume is None and cfg.output.overwrite and is_main_process():
+        if removed := clear_previous_run(Path(cfg.output.dir)):
+            say(f"output.overwrite: removed the earlier run's {', '.join(removed)} from {cfg.output.dir}")
     if is_main_process():
         # Before the TrainingArguments exist: once they hold a ZeRO-3 config, building even the planner's meta-device
         # model goes through deepspeed.zero.Init, whose collectives would wait for the other ranks.

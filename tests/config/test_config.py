@@ -164,6 +164,8 @@ def test_yaml_round_trip(config_path, tmp_path):
         ({"datasets": []}, "data.datasets is empty: add at least one {path: FILE} entry"),
         ({"datasets": [{"path": "a", "samples": 5, "ratio": 0.5}]}, "data.datasets[0] (a): give either samples or ratio, not both"),
         ({"datasets": [{"path": "a", "ratio": 0}]}, "data.datasets[0] (a): ratio must be > 0"),
+        ({"datasets": [{"path": "a", "samples": -3}]}, "data.datasets[0] (a): samples must be > 0"),  # not a slice
+        ({"datasets": [{"path": "a", "samples": 0}]}, "data.datasets[0] (a): samples must be > 0"),
         ({"datasets": [{"path": "a", "format": "text"}]}, "data.datasets[0] (a): format 'text' is raw text; use stage: pt"),
         ({"datasets": [{"path": "a"}], "eval_split": 1.0}, "data.eval_split=1.0 must be in [0, 1)"),
         ({"datasets": [{"path": "a"}], "max_length": 4}, "data.max_length=4 is too small (use at least 8)"),
@@ -174,6 +176,42 @@ def test_cross_field_rules(data, message):
     with pytest.raises(ConfigError) as info:
         validate(from_dict(EmberConfig, {"data": data}, "cfg"))
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"learning_rate": 0.5}, "train.extra.learning_rate would override train.learning_rate and skip its checks: "
+                                 "set train.learning_rate=0.5 instead and remove train.extra.learning_rate"),
+        ({"max_steps": 1}, "train.extra.max_steps would override train.max_steps and skip its checks: set "
+                           "train.max_steps=1 instead and remove train.extra.max_steps"),
+        ({"warmup_steps": "abc"}, "train.extra.warmup_steps would override train.warmup_steps and skip its checks: "
+                                  "set train.warmup_steps=abc instead and remove train.extra.warmup_steps"),
+        ({"output_dir": "elsewhere"}, "train.extra.output_dir would override output.dir and skip its checks: set "
+                                      "output.dir=elsewhere instead and remove train.extra.output_dir"),
+        ({"adam_beta2": "abc"}, "train.extra.adam_beta2: expected a number, got 'abc'"),
+        ({"torch_empty_cache_steps": 2.5}, "train.extra.torch_empty_cache_steps: expected an integer, got 2.5"),
+        ({"dataloader_pin_memory": "yes"}, "train.extra.dataloader_pin_memory: expected true or false, got 'yes'"),
+        ({"run_name": ["a"]}, "train.extra.run_name: expected a string, got ['a']"),
+        ({"adam_epsilom": 1e-8}, "train.extra.adam_epsilom is not a TrainingArguments field; did you mean "
+                                 "'adam_epsilon'?"),
+    ],
+)
+def test_train_extra_keys_and_values_are_checked_before_loading(extra, message):
+    raw = {"data": {"datasets": [{"path": "a"}]}, "train": {"extra": extra}}
+    with pytest.raises(ConfigError) as info:
+        validate(from_dict(EmberConfig, raw, "cfg"))
+    assert str(info.value) == message
+
+
+def test_train_extra_values_are_converted_to_the_field_type(config_path):
+    overrides = ["train.extra={adam_epsilon: 1e-8, ddp_timeout: 7200.0, data_seed: null, fsdp: [full_shard, auto_wrap],"
+                 " lr_scheduler_kwargs: {min_lr: 1e-6}}"]
+    extra = validate(load_config(config_path(), overrides)).train.extra
+    # YAML reads 1e-8 as a string; fsdp is annotated str but also takes a list; dicts pass as they are
+    assert extra == {"adam_epsilon": 1e-8, "ddp_timeout": 7200, "data_seed": None, "fsdp": ["full_shard", "auto_wrap"],
+                     "lr_scheduler_kwargs": {"min_lr": "1e-6"}}
+    assert type(extra["adam_epsilon"]) is float and type(extra["ddp_timeout"]) is int
 
 
 def test_eval_strategy_needs_validation_data():

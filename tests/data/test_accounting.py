@@ -60,6 +60,8 @@ def test_an_output_that_cannot_be_written_fails_before_processing(tmp_path, caps
     assert main(["data", "export", str(cfg), "--out", str(blocker / "samples.jsonl")]) == 2
     assert capsys.readouterr().err == (f"error: cannot write {blocker / 'samples.jsonl'}: {blocker} is a file, "
                                        "not a folder\n")
+    assert main(["data", "export", str(cfg), "--out", str(tmp_path)]) == 2  # a folder where the file would go
+    assert capsys.readouterr().err == f"error: cannot write {tmp_path}: it is a folder, not a file\n"
 
 
 def test_train_writes_the_report_when_nothing_is_left(tiny_run_config, tmp_path, write):

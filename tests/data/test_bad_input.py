@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ember.errors import DataError
+from ember.errors import ConfigError, DataError
 
 
 def _chat(user: str, answer: str) -> dict:
@@ -138,7 +138,7 @@ def test_missing_mapped_columns(write, make_config, prepare):
         f"{path}:2: field 'answer': missing required field; the record has ['question', 'reply']"
     )
     assert _error(prepare, make_config([{"path": str(path), "format": "columns"}])) == (
-        f"{path}:2: no prompt/response columns found in ['question', 'reply']; "
+        f"{path}:2: this record has no prompt/response column pair (its fields: ['question', 'reply']); "
         "set columns: {prompt: NAME, response: NAME} in the dataset entry"
     )
 
@@ -295,8 +295,11 @@ def test_a_csv_cell_longer_than_the_csv_modules_default_limit(write, make_config
 
 
 def test_a_short_csv_row_leaves_its_missing_cells_absent(write, make_config, prepare):
-    path = write("short.csv", "input,target,system\nq,a\n")
-    assert [s.source for s in prepare(make_config([{"path": str(path)}])).data.train] == [f"{path}:2"]
+    path = write("short.csv", "input,target,system\nq,a\nq\n")
+    assert [s.source for s in prepare(make_config([{"path": str(path)}], on_error="skip")).data.train] == [f"{path}:2"]
+    assert _error(prepare, make_config([{"path": str(path)}])) == (  # the row that lacks its answer cell
+        f"{path}:3: this record has no prompt/response column pair (its fields: ['input']); set columns: "
+        "{prompt: NAME, response: NAME} in the dataset entry")
 
 
 def _picky_template(tmp_path):
@@ -322,6 +325,17 @@ def test_a_template_error_caused_by_one_record_is_that_records_error(write, make
         {"source": f"{path}:2", "reason": "chat template 'picky' failed to render: the word FORBIDDEN is not allowed"}
     ]
     assert prepared.data.report.skipped == {"chat template 'picky' failed to render": 1}
+
+
+@pytest.mark.parametrize("on_error", ["strict", "skip"])
+def test_a_template_file_with_a_syntax_error_stops_before_any_record(write, make_config, prepare, tmp_path, on_error):
+    template = tmp_path / "broken.jinja"
+    template.write_text("{% for m in messages %}\n{{ m.content }\n{% endfor %}", encoding="utf-8")
+    path = write("good.jsonl", GOOD)
+    with pytest.raises(ConfigError) as info:
+        prepare(make_config([{"path": str(path)}], template=str(template), on_error=on_error))
+    assert str(info.value) == (f"{template}:2: chat template syntax error: unexpected '}}'; fix the template (or use "
+                               "a shipped one: `ember templates`)")
 
 
 @pytest.mark.parametrize(("stage", "records"), [

@@ -6,6 +6,8 @@ import gc
 
 import pytest
 
+from ember.errors import ConfigError
+
 RECORDS = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
                   {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you."}]},
@@ -113,3 +115,13 @@ def test_cache_off_never_writes(make_config, write, prepare, tmp_path):
     assert prepare(cfg).from_cache is False
     assert prepare(cfg).from_cache is False
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_dir_that_is_a_file_is_named(make_config, write, prepare, tmp_path):
+    path = write("chat.jsonl", RECORDS[:1])
+    blocker = write("afile", "not a folder")
+    with pytest.raises(ConfigError) as info:
+        prepare(make_config([{"path": str(path)}], cache=True, cache_dir=str(blocker)))
+    message = str(info.value)
+    assert message.startswith(f"data.cache_dir={blocker}: cannot write {blocker}/") and message.endswith(
+        f".lock: {blocker} is a file, not a folder; give a folder that can be written, or data.cache: false")

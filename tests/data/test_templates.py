@@ -299,6 +299,20 @@ def test_unknown_name_suggests_the_closest():
         load_template("missing/template.jinja")
 
 
+def test_a_template_file_is_compiled_when_loaded(tmp_path):
+    path = tmp_path / "marked.jinja"
+    # transformers' additions to the syntax: loop controls and the assistant-mask tag
+    path.write_text("{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}"
+                    "{% endgeneration %}{% else %}{{ m['content'] | tojson }}{% endif %}{% if loop.index > 9 %}"
+                    "{% break %}{% endif %}{% endfor %}", encoding="utf-8")
+    assert load_template(str(path)).name == "marked"
+    path.write_text("{% for m in messages %}\n{{ m['content'] | shout }}\n{% endfor %}", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_template(str(path))
+    assert str(info.value) == (f"{path}:2: chat template syntax error: No filter named 'shout'; fix the template (or "
+                               "use a shipped one: `ember templates`)")
+
+
 def test_load_from_path(tmp_path, smol_tokenizer):
     path = tmp_path / "mine.jinja"
     path.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}", encoding="utf-8")

@@ -51,6 +51,8 @@ def test_does_not_fit_exits_1_with_the_change_to_make(config, capsys):
     (["train.per_device_train_batch_sise=2"], "unknown key 'per_device_train_batch_sise'; did you mean 'per_device_train_batch_size'?"),
     (["--gpus", "0", "--gpu-memory", "80"], "--gpus 0: give at least 1"),
     (["--gpu-memory", "-1"], "--gpu-memory -1.0: give the memory of one GPU in GiB"),
+    (["--gpu-memory", "nan"], "--gpu-memory nan: give the memory of one GPU in GiB"),
+    (["--gpus", "1", "--gpu-memory", "inf"], "--gpu-memory inf: give the memory of one GPU in GiB"),
     (["model.random_init=false", "model.name_or_path=nobody/no-such-model"], "model.name_or_path=nobody/no-such-model: its config.json could not be read"),
     (["train.deepspeed=missing.json"], "train.deepspeed: missing.json is not a file"),
     (["model.config_overrides.hidden_sise=64"], "model.config_overrides.hidden_sise: LlamaConfig has no such field"),

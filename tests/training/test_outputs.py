@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
+import pytest
 import torch
 import yaml
 
 from ember.config import dump_yaml, load_config
 from ember.core.artifacts import RUN_CONFIG, TEMPLATE_INFO
+from ember.errors import ConfigError
 from ember.training.run import train
 
 from .helpers import logged_losses, saved_tensors
@@ -82,3 +85,37 @@ def test_full_finetune_saves_loadable_weights_and_no_plot_when_off(tiny_run_conf
     assert result.trainable_params == result.total_params == sum(p.numel() for p in model.parameters())
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), weights[name]), name
+
+
+def test_a_directory_holds_one_run_a_second_needs_overwrite_and_replaces_it_whole(tiny_run_config, capsys):
+    """A fresh run into a finished one fails before writing anything; with output.overwrite=true it first removes the
+    earlier run's checkpoints, weights and records, so a run that then fails leaves no mix of the two."""
+    first = train(tiny_run_config("train.save_strategy=steps", "train.save_steps=1")).output_dir
+    written = sorted(p.name for p in first.iterdir())
+    assert {"adapter_model.safetensors", "metrics.json", "checkpoint-2", RUN_CONFIG, TEMPLATE_INFO} <= set(written)
+    (first / "notes.txt").write_text("mine", encoding="utf-8")
+    run_config = (first / RUN_CONFIG).read_text(encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        train(tiny_run_config("train.learning_rate=2e-3"))
+    assert str(refused.value) == (f"{first} already holds checkpoints: continue with "
+                                  "train.resume_from_checkpoint=auto, or start over with output.overwrite=true (or "
+                                  "another output.dir)")
+    for path in first.glob("checkpoint-*"):
+        shutil.rmtree(path)
+    with pytest.raises(ConfigError) as refused:
+        train(tiny_run_config("train.learning_rate=2e-3"))
+    assert str(refused.value) == (f"{first} holds a finished run (adapter_config.json, adapter_model.safetensors, "
+                                  "metrics.json): train into another output.dir, or replace that run with "
+                                  "output.overwrite=true")
+    assert (first / RUN_CONFIG).read_text(encoding="utf-8") == run_config  # nothing was written
+    capsys.readouterr()
+
+    # the replacing run fails after its first write (no training samples): none of the first run's files are left
+    with pytest.raises(ConfigError, match="no training samples"):
+        train(tiny_run_config("output.overwrite=true", "data.eval_split=0.99"))
+    assert "output.overwrite: removed the earlier run's " in capsys.readouterr().out
+    left = sorted(p.name for p in first.iterdir())
+    assert not {"adapter_model.safetensors", "adapter_config.json", "metrics.json", TEMPLATE_INFO,
+                "trainer_state.json", "loss.png"} & set(left)
+    assert {RUN_CONFIG, "data_report.json", "notes.txt"} <= set(left)  # the new run's records; files no run writes
+    assert "eval_split: 0.99" in (first / RUN_CONFIG).read_text(encoding="utf-8")

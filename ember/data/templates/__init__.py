@@ -51,6 +51,29 @@ def _index() -> dict[str, dict[str, Any]]:
     return yaml.safe_load((TEMPLATE_DIR / "index.yaml").read_text(encoding="utf-8"))
 
 
+def _check_syntax(source: str, where: str) -> None:
+    """Compile a template file once with what transformers' chat-template environment adds to Jinja's syntax (loop
+    controls, the `{% generation %}` tag): a syntax error is then the file's, named by line, before any record is read
+    (rendering would report it against the first record, or count every record as skipped)."""
+    import jinja2
+    import jinja2.ext
+
+    class GenerationTag(jinja2.ext.Extension):  # marks assistant text for transformers' masks; renders its body
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
+    env = jinja2.Environment(extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    try:
+        env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"{where}:{exc.lineno}: chat template syntax error: {exc.message.rstrip('.')}; fix the "
+                          "template (or use a shipped one: `ember templates`)") from None
+
+
 def template_names() -> list[str]:
     """The names of the shipped templates, sorted."""
     return sorted(p.stem for p in TEMPLATE_DIR.glob("*.jinja"))
@@ -74,9 +97,11 @@ def load_template(name_or_path: str) -> ChatTemplate:
     if path.suffix == ".jinja" or path.is_file():
         if not path.is_file():
             raise ConfigError(f"chat template file not found: {path}")
+        source = path.read_text(encoding="utf-8")
+        _check_syntax(source, str(path))
         return ChatTemplate(
             name=path.stem,
-            source=path.read_text(encoding="utf-8"),
+            source=source,
             stop=(EOS_PLACEHOLDER,),
             special_tokens=(),
             description=f"custom template from {path}",
