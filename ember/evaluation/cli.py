@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ember.config.schema import DEFAULT_MODEL
+from ember.core.ports import check_port
 from ember.evaluation.runs import TASKS, EvalSettings
 
 
@@ -46,6 +47,7 @@ def cmd_compare(args) -> int:
 def cmd_annotate(args) -> int:
     from ember.evaluation.annotate import serve
 
+    check_port(args.port)
     return serve(Path(args.run), args.host, args.port, args.annotator, args.seed)
 
 

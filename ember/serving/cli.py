@@ -6,6 +6,7 @@ import argparse
 import os
 
 from ember.config.schema import DEFAULT_MODEL
+from ember.core.ports import check_port
 from ember.inference.cli import add_generation_options, check_generation_args, options_from_args
 
 
@@ -21,15 +22,6 @@ def _load(args):
     check_generation_args(args)
     engine = Engine.load(args.model, args.adapter)
     return engine, options_from_args(args, getattr(engine.model, "generation_config", None))
-
-
-def check_port(port: int) -> None:
-    """Raises ConfigError for a number that is no TCP port (the socket layer would take 99999 modulo 65536, and
-    report -1 as a bad host)."""
-    from ember.errors import ConfigError
-
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port} is not a TCP port: use a number from 0 to 65535")
 
 
 def bind_port(host: str, port: int):

@@ -264,13 +264,16 @@ def test_serve_on_a_busy_port_fails_before_loading_the_model(capsys):
     assert "/no/such/model/dir" not in err  # the model was never looked at
 
 
-@pytest.mark.parametrize("command, port", [("serve", "99999"), ("serve", "65536"), ("serve", "-1"),
-                                           ("webui", "99999")])
+@pytest.mark.parametrize("command, port", [(["serve", "--model", "/no/such/model/dir"], "99999"),
+                                           (["serve", "--model", "/no/such/model/dir"], "65536"),
+                                           (["serve", "--model", "/no/such/model/dir"], "-1"),
+                                           (["webui", "--model", "/no/such/model/dir"], "99999"),
+                                           (["eval", "annotate", "/no/such/compare/run"], "99999")])
 def test_a_port_outside_0_to_65535_is_refused(capsys, command, port):
     """99999 once bound 34463 (the socket layer takes it modulo 65536); -1 was reported as a bad host."""
     from ember.cli import main
 
-    assert main([command, "--model", "/no/such/model/dir", "--port", port]) == 2
+    assert main([*command, "--port", port]) == 2
     assert capsys.readouterr().err == f"error: --port {port} is not a TCP port: use a number from 0 to 65535\n"
 
 
