@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -28,9 +29,28 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (model:, data:, ...)")
+    where = str(path) if path else "config"
+    from_file = copy.deepcopy(raw) if path is not None and overrides else None
     for item in overrides:
         apply_override(raw, item)
-    return from_dict(cls, raw, where=str(path) if path else "config")
+    try:
+        return from_dict(cls, raw, where=where)
+    except ConfigError as exc:
+        message = str(exc)
+        names_the_file = message.startswith(where) and message[len(where): len(where) + 1] in (".", ":")
+        if from_file is None or not names_the_file or not _converts(cls, from_file, where):
+            raise
+        # the file alone is valid: the key or value came from the command line, which the file's name would misname
+        message = message[len(where) + 1:].lstrip()
+        raise ConfigError(f"{message} (in the command-line overrides, not {where})") from None
+
+
+def _converts(cls: type, data: Any, where: str) -> bool:
+    try:
+        from_dict(cls, data, where)
+    except ConfigError:
+        return False
+    return True
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

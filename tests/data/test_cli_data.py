@@ -115,7 +115,8 @@ def test_unknown_config_key_names_the_closest(capsys, config_file):
     cfg = config_file()
     code, out, err = _run(capsys, "data", "export", str(cfg), "--out", "x.jsonl", "data.max_lenght=512")
     assert (code, out) == (2, "")
-    assert err == f"error: {cfg}.data: unknown key 'max_lenght'; did you mean 'max_length'?\n"
+    assert err == (f"error: data: unknown key 'max_lenght'; did you mean 'max_length'? (in the command-line overrides, "
+                   f"not {cfg})\n")
 
 
 def test_bad_record_is_one_error_line(capsys, config_file):
@@ -141,7 +142,8 @@ def test_real_command_exits_2_without_traceback(config_file, tmp_path):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == (
-        f"error: {cfg}.data.mask: 'last_asistant' is not one of all_assistant, last_assistant, all (did you mean 'last_assistant'?)\n"
+        "error: data.mask: 'last_asistant' is not one of all_assistant, last_assistant, all (did you mean "
+        f"'last_assistant'?) (in the command-line overrides, not {cfg})\n"
     )
 
 

@@ -37,6 +37,18 @@ def test_unknown_keys_name_the_closest_valid_one(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="unknown key 'rnak'; did you mean 'rank'"):
         load_config(None, ["method.rnak=8"])
+    # the file is valid: a mistake on the command line is not reported as the file's
+    path.write_text("train: {learning_rate: 1e-4}\n")
+    with pytest.raises(ConfigError) as failed:
+        load_config(path, ["train.learnig_rate=1e-3"])
+    assert str(failed.value) == ("train: unknown key 'learnig_rate'; did you mean 'learning_rate'? (in the "
+                                 f"command-line overrides, not {path})")
+    with pytest.raises(ConfigError) as failed:
+        load_config(path, ["train.max_steps=abc"])
+    assert str(failed.value) == f"train.max_steps: expected an integer, got 'abc' (in the command-line overrides, not {path})"
+    path.write_text("train: {learnig_rate: 1e-4}\n")  # the file's own mistake stays the file's
+    with pytest.raises(ConfigError, match=r"cfg.yaml.train: unknown key 'learnig_rate'; did you mean 'learning_rate'\?$"):
+        load_config(path, ["train.max_steps=3"])
     with pytest.raises(ConfigError, match="'qlra' is not one of lora, qlora, full, freeze \\(did you mean 'qlora'"):
         load_config(None, ["method.type=qlra"])
 
