@@ -21,6 +21,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"{p} is a folder: give the run's config YAML file (e.g. examples/quickstart.yaml)")
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:

@@ -157,6 +157,8 @@ def from_openai(record: dict[str, Any], source: str, columns: dict[str, str]) ->
             continue
         if content is None and calls:
             content = ""
+        if content is None:
+            raise DataError(source, f"{field}.content", "missing: every message needs its text")
         if not isinstance(content, str):
             raise DataError(source, f"{field}.content", f"expected a string, got {type(content).__name__}")
         train = m["train"] if m.get("train") is not None else m.get("loss")  # null = absent (Arrow, pandas)

@@ -136,7 +136,8 @@ def _pairs(record: dict[str, Any], source: str) -> tuple[list[Message], list[Mes
             chosen_msgs, rejected_msgs = _answer(chosen, source, "chosen"), _answer(rejected, source, "rejected")
     else:  # implicit prompt: the messages both conversations share, up to the last one before a first answer
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
-            raise DataError(source, "prompt", "missing: without a prompt, chosen and rejected must be full "
+            state = "empty" if record.get("prompt") == "" else "missing"
+            raise DataError(source, "prompt", f"{state}: without a prompt, chosen and rejected must be full "
                                               "conversations (message lists) that share the prompt")
         c, r = _messages(chosen, source, "chosen"), _messages(rejected, source, "rejected")
         n = _common_prefix(c, r)

@@ -143,6 +143,13 @@ def test_missing_mapped_columns(write, make_config, prepare):
     )
 
 
+def test_a_message_without_content_is_a_missing_field(write, make_config, prepare):
+    record = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}
+    path = write("no_content.jsonl", _lines(GOOD[0], record))
+    assert _error(prepare, make_config([{"path": str(path)}])) == (
+        f"{path}:2: field 'messages[1].content': missing: every message needs its text")
+
+
 def test_csv_row_with_extra_cells(write, make_config, prepare):
     path = write("extra.csv", "input,target\nq,a\nq,a,surplus\n")
     assert _error(prepare, make_config([{"path": str(path)}])) == f"{path}:3: more cells than the 2 header columns"

@@ -177,6 +177,11 @@ def test_bad_records_name_the_field(renderer):
                           "chosen": A, "rejected": B})
     with pytest.raises(DataError, match="field 'rejected': missing required field"):
         PAIRS.convert("pairs", {"prompt": Q, "chosen": A}, "t:1", DatasetSpec(path="t"), DataConfig())
+    for record, state in (({"chosen": A, "rejected": B}, "missing"), ({"prompt": "", "chosen": A, "rejected": B}, "empty")):
+        with pytest.raises(DataError) as failed:
+            PAIRS.convert("pairs", record, "t:1", DatasetSpec(path="t"), DataConfig())
+        assert str(failed.value) == (f"t:1: field 'prompt': {state}: without a prompt, chosen and rejected must be "
+                                     "full conversations (message lists) that share the prompt")
 
 
 def test_stage_and_format_rules(make_config):

@@ -46,6 +46,8 @@ def test_unknown_keys_name_the_closest_valid_one(tmp_path):
     with pytest.raises(ConfigError) as failed:
         load_config(path, ["train.max_steps=abc"])
     assert str(failed.value) == f"train.max_steps: expected an integer, got 'abc' (in the command-line overrides, not {path})"
+    with pytest.raises(ConfigError, match=rf"^{tmp_path} is a folder: give the run's config YAML file"):
+        load_config(tmp_path)
     path.write_text("train: {learnig_rate: 1e-4}\n")  # the file's own mistake stays the file's
     with pytest.raises(ConfigError, match=r"cfg.yaml.train: unknown key 'learnig_rate'; did you mean 'learning_rate'\?$"):
         load_config(path, ["train.max_steps=3"])
