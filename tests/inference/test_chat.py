@@ -96,7 +96,6 @@ def test_blank_lines_are_skipped(monkeypatch, capsys, tiny_llm_dir, text):
     assert run_cli(monkeypatch, capsys, ["chat", "--model", tiny_llm_dir], stdin=f"{text}\n/exit\n") == ""
 
 
-
 @pytest.mark.parametrize("flags, message", [
     (["--num-beams", "0"], "--num-beams 0 is out of range: use a value of at least 1"),
     (["--temperature", "-1", "--do-sample"], "--temperature -1.0 is out of range: use a value of at least 0 and at most 2"),
